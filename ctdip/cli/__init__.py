@@ -1,0 +1,1 @@
+"""Command-line interface (typer). No numerics here: commands parse options and call the library."""

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+import torch
+
+# Tests are small; one or two threads keep them quick and reproducible on CI's 2 cores.
+torch.set_num_threads(int(os.environ.get("CTDIP_TEST_THREADS", "2")))
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run ``ctdip`` in-process: returns (exit_code, stdout, stderr)."""
+    from ctdip.cli.main import main
+
+    def _run(*args, capsys=None):
+        return main([str(a) for a in args])
+
+    return _run
