@@ -11,6 +11,9 @@ As in the original, ``in_channels`` counts the noise-level map (``in_channels = 
 an input that already carries it as its last channel (what ``ctdip.networks.denoisers`` does for
 any ``kind: denoiser`` network with ``in_channels == out_channels + 1``).
 
+With ``residual=True`` (the default here) the network predicts the noise,
+``D(x, sigma) = x - f_theta([x, sigma])`` (residual learning as in DnCNN), which makes small noise
+levels, where ``D`` is close to the identity, easy to learn for small networks.
 ``f_theta`` is a U-Net without normalisation layers: a head convolution, ``len(channels) - 1``
 encoder levels of ``blocks`` residual blocks ``r -> r + conv(relu(conv(r)))`` followed by a
 stride-2 convolution, a body of residual blocks, and a mirrored decoder (transposed stride-2
@@ -51,7 +54,7 @@ def drunet_arch(size: str = "small", dim: int = 2, image_channels: int = 1) -> d
 
         raise UserError(f"unknown denoiser size '{size}'; choose one of: {', '.join(DRUNET_PRESETS)}")
     return {"name": "drunet", "in_channels": image_channels + 1, "out_channels": image_channels, "dim": dim,
-            **DRUNET_PRESETS[size]}
+            "residual": True, **DRUNET_PRESETS[size]}
 
 
 class _ResBlock(nn.Module):
@@ -74,6 +77,7 @@ class DRUNet(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128),
         blocks: int = 2,
         dim: int = 2,
+        residual: bool = True,
         name: str = "drunet",
     ) -> None:
         super().__init__()
@@ -86,7 +90,7 @@ class DRUNet(nn.Module):
         conv = nn.Conv2d if dim == 2 else nn.Conv3d
         convT = nn.ConvTranspose2d if dim == 2 else nn.ConvTranspose3d
         ch = [int(c) for c in channels]
-        self.dim, self.channels, self.blocks = dim, ch, blocks
+        self.dim, self.channels, self.blocks, self.residual = dim, ch, blocks, bool(residual)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.head = conv(in_channels, ch[0], 3, padding=1, bias=False)
         self.down = nn.ModuleList()
@@ -107,7 +111,8 @@ class DRUNet(nn.Module):
 
     def arch(self) -> dict:
         return {"name": "drunet", "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "channels": list(self.channels), "blocks": self.blocks, "dim": self.dim}
+                "channels": list(self.channels), "blocks": self.blocks, "dim": self.dim,
+                "residual": self.residual}
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
         """Denoise ``x`` (N, C, ...) at noise level ``sigma``; with ``sigma=None`` the last channel
@@ -146,4 +151,5 @@ class DRUNet(nn.Module):
             h = u(h + skips.pop())
         out = self.tail(h + skips.pop())
         crop = tuple(slice(0, k) for k in spatial)
-        return out[(slice(None), slice(None), *crop)]
+        out = out[(slice(None), slice(None), *crop)]
+        return x - out if self.residual else out
