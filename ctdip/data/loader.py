@@ -1,0 +1,245 @@
+"""Open any scan folder as a :class:`~ctdip.data.Scan`, applying the shared reconstruct options.
+
+Layouts are recognised by content: ``geometry.yaml``/``projections.tif`` -> ctdip layout;
+``Projections/tubeV*``, ``tubeV*`` or ``scan_geom_corrected.geom`` -> walnut layout.
+
+Options (``--setup NAME`` presets supply defaults; explicit options win), applied in this order
+through the geometry layer so every backend sees the same numbers:
+
+1. ``angles K``: the K equispaced views ``geometry.view_indices(K)``; only those are read.
+2. ``mode``: ``2d`` (default) reconstructs one slice; ``3d`` the volume. Data with one detector
+   row are always 2D.
+3. ``slice Z`` (2D mode on a multi-row scan): Z indexes the z axis of the scan's full volume grid
+   (``mid`` = the middle slice ``nz // 2``, ``+3``/``-3`` = offsets from it). The 2D problem is the
+   fan (or parallel) geometry of the detector row through that slice, ``geometry.fan_slice(row)``:
+   ``row`` is where rays from the source through the point (0, 0, z) on the rotation axis meet the
+   detector, averaged over views and rounded. The one-slice volume keeps the in-plane grid and
+   slice thickness; the reference is that z slice of the reference volume.
+4. ``bin B``: ``geometry.bin(B, B)`` in 3D, ``geometry.bin(1, B)`` (columns only) in 2D, with the
+   projections block-averaged the same way (``bin_projections``).
+5. ``size N``: the same field of view on an N x N in-plane grid (``volume.with_size(N)``; in 3D
+   the slice count scales by the same factor). The reference is resampled to the new voxel
+   centres by linear interpolation after a Gaussian anti-alias filter of sigma = (f - 1) / 2 old
+   voxels per axis, f = new voxel / old voxel (no filter when f <= 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctdip.data import Scan
+from ctdip.errors import UserError
+
+SCAN_OPTIONS = ("angles", "bin", "slice", "mode", "size", "orbit")
+
+
+def setups_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "presets" / "setups"
+
+
+def setup_names() -> list[str]:
+    return sorted(p.stem for p in setups_dir().glob("*.yaml"))
+
+
+def load_setup(name: str | Path) -> dict:
+    """A setup preset (``presets/setups/<name>.yaml`` or a YAML file): its scan options and method
+    defaults, as ``{"scan": {...}, "params": {...}, "method": ...}``."""
+    from ctdip.data.io import read_yaml
+
+    p = Path(name)
+    if not (p.suffix in (".yaml", ".yml") and p.is_file()):
+        p = setups_dir() / f"{name}.yaml"
+        if not p.is_file():
+            raise UserError(f"unknown setup '{name}'; choose one of: {', '.join(setup_names())} (or a YAML file)")
+    d = read_yaml(p)
+    scan = d.get("scan", {}) or {}
+    if not isinstance(scan, dict):
+        raise UserError("'scan' must be a mapping of scan options", path=p)
+    unknown = set(scan) - set(SCAN_OPTIONS)
+    if unknown:
+        raise UserError(f"unknown scan option(s) {', '.join(sorted(unknown))}; known: {', '.join(SCAN_OPTIONS)}",
+                        path=p)
+    params = d.get("params", {}) or {}
+    return {"name": p.stem, "path": str(p), "scan": dict(scan), "params": dict(params),
+            "method": d.get("method"), "description": d.get("description", "")}
+
+
+def detect_layout(folder: Path) -> str:
+    from ctdip.data.ctdip_layout import is_ctdip_folder
+    from ctdip.data.walnut_layout import is_walnut_folder
+
+    if is_ctdip_folder(folder):
+        return "ctdip"
+    if is_walnut_folder(folder):
+        return "walnut"
+    raise UserError("unknown scan layout: expected geometry.yaml + projections.tif (ctdip layout) or "
+                    "Projections/tubeV*/scan_NNNNNN.tif (walnut layout)", path=folder)
+
+
+def open_source(path: str | Path, orbit: int | None = None):
+    """The lazily-read source of a scan folder (``CtdipSource`` or ``WalnutSource``)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise UserError("scan folder not found", path=folder)
+    if not folder.is_dir():
+        raise UserError("not a folder (a scan is a folder: projections.tif + geometry.yaml, or the walnut "
+                        "layout)", path=folder)
+    layout = detect_layout(folder)
+    if layout == "ctdip":
+        from ctdip.data.ctdip_layout import CtdipSource
+
+        return CtdipSource(folder)
+    from ctdip.data.walnut_layout import WalnutSource
+
+    return WalnutSource(folder, orbit=2 if orbit is None else int(orbit))
+
+
+def parse_slice(spec: Any, nz: int) -> int:
+    """Slice index from an int, ``"mid"``, or a signed offset ``"+3"``/``"-3"`` from the middle."""
+    mid = nz // 2
+    if spec is None or spec == "mid":
+        z = mid
+    elif isinstance(spec, str) and spec.strip()[:1] in "+-":
+        try:
+            z = mid + int(spec.strip())
+        except ValueError:
+            raise UserError(f"--slice must be an index, 'mid' or an offset like +3, got {spec!r}") from None
+    else:
+        try:
+            z = int(spec)
+        except (TypeError, ValueError):
+            raise UserError(f"--slice must be an index, 'mid' or an offset like +3, got {spec!r}") from None
+    if not 0 <= z < nz:
+        raise UserError(f"--slice {spec} is outside the volume's {nz} slices (0..{nz - 1})")
+    return z
+
+
+def detector_row_through(geometry, z_mm: float) -> int:
+    """Detector row hit by rays through the point (0, 0, z_mm) on the axis (mean over views)."""
+    v = geometry.vectors
+    rows = geometry.det_shape[0]
+    d, u, vv = v[:, 3:6], v[:, 6:9], v[:, 9:12]
+    n = np.cross(u, vv)
+    p = np.array([0.0, 0.0, float(z_mm)])
+    if geometry.beam == "cone":
+        s = v[:, 0:3]
+        direction = p - s
+        t = np.sum((d - s) * n, 1) / np.sum(direction * n, 1)
+        q = s + t[:, None] * direction
+    else:
+        r = v[:, 0:3]
+        t = np.sum((d - p) * n, 1) / np.sum(r * n, 1)
+        q = p + t[:, None] * r
+    # solve q - d = a u + b v in the least-squares sense (u, v may not be orthogonal)
+    b = []
+    for k in range(len(v)):
+        m = np.stack([u[k], vv[k]], 1)
+        ab, *_ = np.linalg.lstsq(m, q[k] - d[k], rcond=None)
+        b.append(ab[1])
+    row = float(np.mean(b)) + (rows - 1) / 2
+    return int(np.clip(np.round(row), 0, rows - 1))
+
+
+def resample(ref: np.ndarray, old, new) -> np.ndarray:
+    """Resample a (z, y, x) array from VolumeGeometry ``old`` to ``new`` (see module docstring)."""
+    from scipy import ndimage
+
+    if tuple(old.shape) == tuple(new.shape) and np.allclose(old.voxel_mm, new.voxel_mm) \
+            and np.allclose(old.center_mm, new.center_mm):
+        return ref
+    a = np.asarray(ref, dtype=np.float64)
+    f = np.asarray(new.voxel_mm) / np.asarray(old.voxel_mm)
+    if old.shape[0] == 1:
+        f[0] = 1.0
+    sigma = np.maximum(0.0, (f - 1.0) / 2.0)
+    if np.any(sigma > 0):
+        a = ndimage.gaussian_filter(a, sigma, mode="nearest")
+    coords = []
+    for ax in range(3):
+        c = (new.voxel_centers(ax) - old.min_mm[ax]) / old.voxel_mm[ax] - 0.5
+        if old.shape[ax] == 1:
+            c = np.zeros(new.shape[ax])
+        coords.append(c)
+    grid = np.meshgrid(*coords, indexing="ij")
+    out = ndimage.map_coordinates(a, grid, order=1, mode="nearest")
+    return out.astype(np.float32)
+
+
+def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = None, slice: Any = None,
+              mode: str | None = None, size: int | None = None, orbit: int | None = None,
+              setup: str | None = None, read_reference: bool = True) -> Scan:
+    """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals."""
+    from ctdip.geometry import VolumeGeometry, bin_projections
+
+    opts: dict[str, Any] = {}
+    if setup is not None:
+        opts.update(load_setup(setup)["scan"])
+    for k, v in dict(angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit).items():
+        if v is not None:
+            opts[k] = v
+    src = open_source(path, orbit=opts.get("orbit"))
+    geom, vol = src.geometry, src.volume
+    info: dict[str, Any] = {"layout": src.layout, "folder": str(Path(path)), "n_views_total": geom.n_views,
+                            "detector_total": list(geom.det_shape), "options": dict(opts), **src.info}
+
+    views = np.arange(geom.n_views)
+    if opts.get("angles") is not None:
+        k = int(opts["angles"])
+        views = geom.view_indices(k)
+        geom = geom.select(views)
+    mode_ = str(opts.get("mode") or "2d").lower()
+    if mode_ not in ("2d", "3d"):
+        raise UserError(f"--mode must be 2d or 3d, got {opts.get('mode')!r}")
+    b = int(opts.get("bin") or 1)
+    if b < 1:
+        raise UserError(f"--bin must be a positive integer, got {b}")
+    rows = geom.det_shape[0]
+    rows_read = None
+    if rows == 1 or geom.is_2d:
+        if mode_ == "3d" and vol.shape[0] > 1:
+            raise UserError("--mode 3d needs a multi-row detector; this scan has one row", path=path)
+        if opts.get("slice") not in (None, "mid") and vol.shape[0] == 1:
+            z = parse_slice(opts["slice"], 1)
+        mode_ = "2d"
+        if vol.shape[0] != 1:
+            vol = VolumeGeometry((1, *vol.shape[1:]), vol.voxel_mm, (0.0, *vol.center_mm[1:]))
+        z = 0
+        g2 = geom if geom.is_2d else geom.fan_slice(0)
+    elif mode_ == "2d":
+        z = parse_slice(opts.get("slice"), vol.shape[0])
+        z_mm = float(vol.voxel_centers(0)[z])
+        row = detector_row_through(geom, z_mm)
+        rows_read = np.array([row])
+        g2 = geom.fan_slice(row)
+        info.update({"slice": z, "slice_z_mm": z_mm, "detector_row": row})
+        vol = VolumeGeometry((1, *vol.shape[1:]), vol.voxel_mm, (0.0, *vol.center_mm[1:]))
+    else:
+        z = None
+        g2 = geom
+    proj = src.read(views, rows_read)
+    if b > 1:
+        if mode_ == "2d":
+            g2 = g2.bin(1, b)
+            proj = bin_projections(proj, 1, b)
+        else:
+            g2 = g2.bin(b, b)
+            proj = bin_projections(proj, b, b)
+    ref = None
+    if read_reference:
+        ref = src.read_reference(z)
+        if ref is not None and mode_ == "3d":
+            ref = ref.reshape(src.volume.shape)
+    if opts.get("size") is not None:
+        n = int(opts["size"])
+        new_vol = vol.with_size(n)
+        if ref is not None:
+            ref = resample(ref, vol, new_vol)
+        vol = new_vol
+    info.update({"mode": mode_, "views": views.tolist() if len(views) <= 4096 else None,
+                 "detector": list(g2.det_shape)})
+    return Scan(projections=np.ascontiguousarray(proj, dtype=np.float32), geometry=g2, volume=vol,
+                reference=None if ref is None else np.ascontiguousarray(ref, dtype=np.float32),
+                source=Path(path), layout=src.layout, info=info)
