@@ -255,3 +255,186 @@ def encoder_decoder_groups(net: torch.nn.Module) -> dict[str, str]:
         is_enc = id(p) in enc_ids if enc_ids else (top in ("inc", "down") or top.startswith("enc"))
         out[n] = "encoder" if is_enc else "decoder"
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# a network at its parameters: J of A f_theta(z), NTK eigenimages, summaries, outputs
+# --------------------------------------------------------------------------------------------------
+def network_function(net: torch.nn.Module, z: torch.Tensor) -> tuple[Callable[[Params], torch.Tensor], dict[str, torch.Tensor]]:
+    """``(f, theta)`` with ``f(theta) = net(z)`` evaluated functionally (``torch.func.functional_call``)
+    and ``theta`` the network's trainable parameters (buffers are held fixed)."""
+    params = {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
+    buffers = {n: b.detach() for n, b in net.named_buffers()}
+
+    def f(theta: Params) -> torch.Tensor:
+        return torch.func.functional_call(net, {**buffers, **theta}, (z,))
+
+    return f, params
+
+
+def analyse_network(
+    net: torch.nn.Module,
+    z: torch.Tensor,
+    op: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    op_adjoint: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    rank: int = 20,
+    ntk_rank: int | None = 8,
+    oversample: int = 10,
+    power_iters: int = 1,
+    seed: int = 0,
+    chunk: int | None = 16,
+    keep_vectors: int = 4,
+    image_shape: tuple[int, ...] | None = None,
+) -> dict:
+    """Spectrum of ``J = d op(net(z)) / d theta`` and the NTK eigenimages of ``d net(z) / d theta``.
+
+    Returns a dict of numpy arrays and scalars (what :func:`save_npz` writes): singular values,
+    left singular vectors (measurement space), the ``keep_vectors`` leading and trailing right
+    singular vectors, Hoyer sparsity and per-layer / encoder-decoder shares of every right
+    singular vector, NTK eigenvalues and eigenimages, and timings in seconds.
+    """
+    net = net.eval()
+    f, params = network_function(net, z)
+    n_params = sum(p.numel() for p in params.values())
+    res = randomized_jacobian_svd(f, params, rank, op=op, op_adjoint=op_adjoint, oversample=oversample,
+                                  power_iters=power_iters, seed=seed, chunk=chunk)
+    layers, layer_sh = parameter_shares(res.right, res.names, res.sizes)
+    groups, group_sh = parameter_shares(res.right, res.names, res.sizes, encoder_decoder_groups(net))
+    for g in ("encoder", "decoder"):  # always both columns, in this order
+        if g not in groups:
+            groups.append(g)
+            group_sh = np.concatenate([group_sh, np.zeros((group_sh.shape[0], 1))], 1)
+    order = [groups.index("encoder"), groups.index("decoder")]
+    hoy = np.array([hoyer(v) for v in res.right])
+    kv = min(keep_vectors, rank)
+    out: dict = {
+        "singular_values": res.singular_values,
+        "left_vectors": res.left.astype(np.float32),
+        "right_leading": res.right[:kv].numpy(),
+        "right_trailing": res.right[-kv:].numpy(),
+        "right_trailing_index": np.arange(rank - kv, rank),
+        "hoyer": hoy,
+        "layer_names": np.array(layers),
+        "layer_shares": layer_sh,
+        "group_names": np.array(["encoder", "decoder"]),
+        "group_shares": group_sh[:, order],
+        "n_params": np.int64(n_params),
+        "rank": np.int64(rank),
+        "oversample": np.int64(oversample),
+        "power_iters": np.int64(power_iters),
+        "seed": np.int64(seed),
+        "time_jacobian_s": np.float64(res.timings["total_s"]),
+        "vectorised": np.bool_(res.vectorised),
+    }
+    if ntk_rank:
+        ntk = randomized_jacobian_svd(f, params, ntk_rank, oversample=oversample, power_iters=power_iters,
+                                      seed=seed + 1, chunk=chunk)
+        with torch.no_grad():
+            img_shape = tuple(net(z).shape[2:]) if image_shape is None else tuple(image_shape)
+        out["ntk_eigenvalues"] = ntk.singular_values**2
+        out["ntk_eigenimages"] = ntk.left.reshape(ntk_rank, *img_shape).astype(np.float32)
+        out["time_ntk_s"] = np.float64(ntk.timings["total_s"])
+    return out
+
+
+def summary_lines(res: dict, tail: float = 0.1) -> list[str]:
+    """Human-readable summary: spectrum range, Hoyer sparsity and encoder share, leading vs trailing."""
+    s = res["singular_values"]
+    k = len(s)
+    n = max(1, int(round(k * tail)))
+    enc = res["group_shares"][:, 0]
+    lines = [
+        f"parameters: {int(res['n_params'])}, rank {k} (+{int(res['oversample'])} oversampling, "
+        f"{int(res['power_iters'])} power iterations), Jacobian SVD in {float(res['time_jacobian_s']):.1f} s"
+        + (f", NTK in {float(res['time_ntk_s']):.1f} s" if "time_ntk_s" in res else ""),
+        f"singular values: sigma_1 = {s[0]:.4g}, sigma_{k} = {s[-1]:.4g} (ratio {s[0] / max(s[-1], 1e-300):.3g})",
+        f"Hoyer sparsity of right singular vectors: leading {n}: {res['hoyer'][:n].mean():.3f}, "
+        f"trailing {n}: {res['hoyer'][-n:].mean():.3f}",
+        f"encoder share of right singular vectors: leading {n}: {enc[:n].mean():.3f}, trailing {n}: {enc[-n:].mean():.3f}",
+    ]
+    return lines
+
+
+def save_npz(res: dict, path: str | Path) -> Path:
+    """Everything in ``res`` as a compressed ``.npz`` (atomic write)."""
+    import io as _io
+
+    from ctdip.runs import atomic_write_bytes
+
+    buf = _io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in res.items()})
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _save_fig(fig, path: Path) -> None:
+    import io as _io
+
+    from ctdip.runs import atomic_write_bytes
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_spectrum(res: dict, path: str | Path, title: str = "") -> None:
+    """Singular values (log scale), Hoyer sparsity and encoder/decoder share per right singular vector."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = res["singular_values"]
+    i = np.arange(1, len(s) + 1)
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
+    ax[0].semilogy(i, s, ".-", ms=4)
+    ax[0].set_title("singular values of J = d(A f)/d theta", fontsize=9)
+    ax[0].set_xlabel("index i")
+    ax[0].set_ylabel("sigma_i")
+    ax[1].plot(i, res["hoyer"], ".-", ms=4, color="C1")
+    ax[1].set_ylim(0, 1)
+    ax[1].set_title("Hoyer sparsity of right singular vector v_i", fontsize=9)
+    ax[1].set_xlabel("index i")
+    gs = res["group_shares"]
+    ax[2].stackplot(i, gs[:, 0], gs[:, 1], labels=["encoder", "decoder"], colors=["C0", "C2"], alpha=0.8)
+    ax[2].set_ylim(0, 1)
+    ax[2].set_xlim(1, max(2, len(s)))
+    ax[2].set_title("share of |v_i|^2 per network part", fontsize=9)
+    ax[2].set_xlabel("index i")
+    ax[2].legend(fontsize=8, loc="lower right")
+    for a in ax:
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, Path(path))
+    plt.close(fig)
+
+
+def plot_eigenimages(res: dict, path: str | Path, max_images: int = 8) -> None:
+    """The leading NTK eigenimages (central slice for 3D), each on its own symmetric colour range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ims = res["ntk_eigenimages"][:max_images]
+    ev = res["ntk_eigenvalues"][:max_images]
+    n = len(ims)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (im, e) in enumerate(zip(ims, ev)):
+        im2 = np.squeeze(im)
+        if im2.ndim == 3:
+            im2 = im2[im2.shape[0] // 2]
+        m = float(np.abs(im2).max()) or 1.0
+        ax = axes.ravel()[k]
+        ax.imshow(im2, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+        ax.set_title(f"u_{k + 1}  (lambda = {e:.3g})", fontsize=8)
+    fig.suptitle("NTK eigenimages (J_f J_f^T, image space)", fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, Path(path))
+    plt.close(fig)
