@@ -1,0 +1,104 @@
+"""`ctdip batch SCAN... --method M [--executor local|slurm] [--jobs N] [Slurm options]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def parse_params(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs -> dict, values parsed as YAML scalars (``lr=1e-4`` -> 0.0001)."""
+    import yaml
+
+    from ctdip.errors import UserError
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UserError(f"--param '{it}' is not KEY=VALUE")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("batch")
+    def batch_cmd(
+        scans: List[Path] = typer.Argument(..., help="Scan folders, one specimen each."),
+        method: str = typer.Option(..., "--method", "-m", help="Reconstruction method (as for `ctdip reconstruct`)."),
+        output: Optional[Path] = typer.Option(
+            None, "--output", "-o", help="Parent folder of the run folders <output>/<scan name>/ [default: runs/batch_<method>]."),
+        param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter KEY=VALUE (repeatable)."),
+        setup: Optional[str] = typer.Option(None, "--setup", help="Acquisition preset (presets/setups/NAME.yaml)."),
+        angles: Optional[int] = typer.Option(None, "--angles", help="Use K equispaced views."),
+        size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N."),
+        slice_: Optional[str] = typer.Option(None, "--slice", help="Slice index (2D mode), 'mid' or +/-offset."),
+        mode: Optional[str] = typer.Option(None, "--mode", help="2d (default) or 3d."),
+        bin_: Optional[int] = typer.Option(None, "--bin", help="Detector binning."),
+        seed: int = typer.Option(0, "--seed", help="Seed for every specimen."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:i]."),
+        backend: str = typer.Option("auto", "--backend", help="Projector backend."),
+        holdout: float = typer.Option(0.0, "--holdout", help="Fraction of views held out for the residual."),
+        stop_early: bool = typer.Option(False, "--stop-early", help="Stop each run at its early-stopping point."),
+        executor: str = typer.Option("local", "--executor", "-e", help="local (process pool) | slurm (submitit)."),
+        jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Local: parallel specimens [default: cores // 4]."),
+        partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition."),
+        time_: Optional[str] = typer.Option(None, "--time", help="Slurm time limit per specimen (minutes or HH:MM:SS)."),
+        gpus: Optional[int] = typer.Option(None, "--gpus", help="Slurm GPUs per specimen."),
+        mem: Optional[str] = typer.Option(None, "--mem", help="Slurm memory per specimen, e.g. 16G."),
+        cpus: Optional[int] = typer.Option(None, "--cpus", help="Slurm CPUs per specimen (also its torch threads)."),
+        array_parallelism: Optional[int] = typer.Option(None, "--array-parallelism", help="Slurm: max specimens at once."),
+        account: Optional[str] = typer.Option(None, "--account", help="Slurm account."),
+        qos: Optional[str] = typer.Option(None, "--qos", help="Slurm quality of service."),
+        slurm_setup: Optional[List[str]] = typer.Option(None, "--slurm-setup", help="Shell line run before each job (repeatable), e.g. 'module load cuda'."),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="Slurm: follow the jobs until they end (default) or return after submitting."),
+    ) -> None:
+        """Reconstruct many specimens: one run folder each; finished ones are skipped, interrupted
+        ones resumed; a live progress table; exit code 1 listing the failures."""
+        from ctdip.batch import SlurmOptions, failure_lines, run_batch
+        from ctdip.errors import UserError
+        from ctdip.evaluate import format_rows, rich_table
+        from ctdip.runs import atomic_write_text
+
+        if executor not in ("local", "slurm"):
+            raise UserError(f"unknown executor '{executor}'; choose one of: local, slurm")
+        out = output or Path("runs") / f"batch_{method}"
+        scan_options = {"setup": setup, "angles": angles, "size": size, "slice": slice_, "mode": mode, "bin": bin_}
+        options = {"seed": seed, "device": device, "backend": backend, "holdout": holdout, "stop_early": stop_early}
+        slurm = SlurmOptions(partition=partition, time=time_, gpus=gpus, mem=mem, cpus=cpus,
+                             array_parallelism=array_parallelism, account=account, qos=qos,
+                             setup=list(slurm_setup or []))
+        res = run_batch(scans, method, out, params=parse_params(param), scan_options=scan_options, options=options,
+                        executor=executor, jobs=jobs, slurm=slurm, wait=wait)
+        status = [{"specimen": s.name, "scan": str(s.scan), "run": str(s.run_dir), "state": s.state,
+                   "error": s.error, "job_id": s.job_id, "elapsed_s": s.elapsed} for s in res.specimens]
+        atomic_write_text(out / "batch_status.json", json.dumps(status, indent=2) + "\n")
+        if not wait:
+            typer.echo(f"submitted {sum(1 for s in res.specimens if s.job_id)} specimen(s) to Slurm; "
+                       f"logs in {out / 'slurm'}; run the same command again to collect and resume", err=True)
+            return
+        rows = [r for r in res.rows if "error" not in r]
+        if rows:
+            for fmt in ("csv", "md", "json"):
+                atomic_write_text(out / f"batch_summary.{fmt}", format_rows(rows, fmt))
+            if sys.stdout.isatty():
+                from rich.console import Console
+
+                Console().print(rich_table(rows, title=f"{len(rows)} finished run(s) in {out}"))
+            else:
+                sys.stdout.write(format_rows(rows, "table"))
+            typer.echo(f"wrote {out / 'batch_summary.csv'}, .md, .json", err=True)
+        fails = failure_lines(res)
+        if fails:
+            sys.stderr.write(f"error: {len(fails)} of {len(res.specimens)} specimen(s) failed:\n")
+            for line in fails:
+                sys.stderr.write(f"  {line}\n")
+            sys.stderr.flush()
+            raise typer.Exit(1)
