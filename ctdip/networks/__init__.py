@@ -48,7 +48,7 @@ def build_network(arch: dict) -> torch.nn.Module:
     kwargs = {k: v for k, v in arch.items() if k != "name"}
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise UserError(f"bad parameters for network '{name}': {e}") from None
 
 

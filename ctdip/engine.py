@@ -1,0 +1,536 @@
+"""The one optimisation loop every DIP method shares, with its callbacks.
+
+A method supplies a :class:`DIPModel` (network, input, an ``objective`` for one step and optional
+``after_step`` / ``final_image`` hooks); :class:`Engine` runs::
+
+    for t = t0+1 .. T:
+        L_t, x_t = model.objective(t)                 # x_t: the iterate (network output)
+        theta <- Adam(theta, grad L_t), gradients clipped to ||g||_2 <= grad_clip
+        model.after_step(t, x_t)                      # e.g. an auxiliary/dual update, z <- f(z)
+        callbacks: EMA, ES-WMV, best/min-loss picks, metrics row every n, checkpoint every M,
+                   SIGTERM/SIGINT and the time budget
+
+Callbacks (each has a ``state_dict`` saved in the checkpoint, so a resumed run is bit-identical):
+
+* **Output EMA**: ``x_ema <- beta x_ema + (1 - beta) x_t`` (``ema_decay`` beta, 0.99).
+* **ES-WMV** (Wang et al. 2021, "Early stopping for deep image prior"; handbook Alg. 2): the
+  windowed moving variance of the last W iterates,
+  ``VAR_t = 1/W sum_{w<W} ||x_{t-w} - mean_W(x)||^2 / n`` (n voxels). The iterate of smallest
+  VAR_t is the early-stopped pick (``recon_es.tif``); a new minimum counts as progress when
+  ``VAR_t < (1 - delta) VAR_min``; with ``stop_early`` the run ends after ``patience`` iterations
+  without progress.
+* **Picks**: the minimum-loss iterate (EDIP, Barbano et al. 2022) and, with a reference, the
+  peak-PSNR iterate (``recon_best.tif``).
+* **Held-out views** (``--holdout``): the relative residual ``||A_h x - y_h||^2 / ||y_h||^2`` on
+  views kept out of the fit, logged as ``holdout``: a no-reference quality signal.
+* **Checkpoints** every M iterations, at the end, on SIGTERM/SIGINT (then ``KeyboardInterrupt``)
+  and at the time budget (then :class:`~ctdip.errors.TimeLimitReached`), written atomically.
+
+Checkpoint (a plain dict, ``torch.load(weights_only=True)``-safe)::
+
+    {"format": "ctdip-checkpoint/1", "method", "iteration", "total_iterations", "network_arch",
+     "network" (state_dict), "z", "optimizer", "method_state", "engine_state", "rng", "history",
+     "elapsed_s", "params"}
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ctdip.errors import TimeLimitReached, UserError
+
+CHECKPOINT_FORMAT = "ctdip-checkpoint/1"
+
+
+# ============================================================================ data types
+@dataclass
+class StepOut:
+    """What ``DIPModel.objective`` returns for one step."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    image: torch.Tensor  # the iterate x_t, network-shaped (1, 1, *image_shape)
+    data_fit: float | torch.Tensor = float("nan")
+    reg: float | torch.Tensor = 0.0
+
+
+class DIPModel:
+    """Interface the engine drives; ``ctdip.methods._dip.DIPMethod`` implements it.
+
+    Attributes: ``network`` (nn.Module), ``arch`` (plain dict), ``z`` (input tensor, possibly a
+    leaf with ``requires_grad``), ``name``.
+    """
+
+    name: str = "dip"
+    network: torch.nn.Module
+    arch: dict
+    z: torch.Tensor
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
+
+    def objective(self, it: int, gen: torch.Generator) -> StepOut:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def after_step(self, it: int, image: torch.Tensor, gen: torch.Generator) -> None:
+        """Called after the optimiser step with the detached iterate (no gradients)."""
+
+    @torch.no_grad()
+    def final_image(self, engine: "Engine") -> torch.Tensor:
+        """The returned reconstruction (default: the network at its final parameters)."""
+        return self.network(self.z).detach()
+
+    def method_state(self) -> dict:
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class EngineConfig:
+    iterations: int = 2000
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    es_window: int = 100
+    es_patience: int = 500
+    es_delta: float = 0.0
+    ema_decay: float = 0.99
+    ssim_every_log: bool = True
+
+
+@dataclass
+class EngineResult:
+    image: torch.Tensor  # final reconstruction (network-shaped)
+    picks: dict[str, torch.Tensor] = field(default_factory=dict)  # es, best, ema, min_loss
+    summary: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+# ============================================================================ callbacks
+class Callback:
+    """One per-iteration feature of the loop; its state travels in the checkpoint."""
+
+    name = "callback"
+
+    def on_iteration(self, eng: "Engine", it: int, x: torch.Tensor, out: dict) -> bool:
+        """Return True to stop the run after this iteration."""
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class OutputEMA(Callback):
+    """Exponential moving average of the iterates, ``x_ema <- beta x_ema + (1-beta) x_t``."""
+
+    name = "ema"
+
+    def __init__(self, decay: float):
+        self.decay = float(decay)
+        self.value: torch.Tensor | None = None
+
+    def on_iteration(self, eng, it, x, out):
+        if self.value is None:
+            self.value = x.clone()
+        else:
+            self.value.mul_(self.decay).add_(x, alpha=1 - self.decay)
+        return False
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+class EarlyStoppingWMV(Callback):
+    """ES-WMV: windowed moving variance of the iterates (Wang et al. 2021), see module docstring."""
+
+    name = "es"
+
+    def __init__(self, window: int, patience: int, delta: float = 0.0, stop: bool = False):
+        if window < 2:
+            raise UserError(f"es_window must be at least 2, got {window}")
+        self.window, self.patience, self.delta, self.stop = int(window), int(patience), float(delta), bool(stop)
+        self.buffer: torch.Tensor | None = None
+        self.count = 0  # iterates seen
+        self.var = float("nan")
+        self.var_min = float("inf")
+        self.ref_min = float("inf")  # minimum that last reset the patience counter
+        self.best_iter: int | None = None
+        self.best: torch.Tensor | None = None
+        self.since = 0
+        self.stopped_at: int | None = None
+
+    def on_iteration(self, eng, it, x, out):
+        if self.buffer is None:
+            self.buffer = torch.zeros((self.window, *x.shape), dtype=x.dtype, device=x.device)
+        self.buffer[self.count % self.window].copy_(x)
+        self.count += 1
+        if self.count < self.window:
+            return False
+        self.var = float(self.buffer.var(dim=0, unbiased=False).mean())
+        if self.var < self.var_min:
+            self.var_min = self.var
+            self.best_iter = it
+            self.best = x.clone()
+        if self.var < (1 - self.delta) * self.ref_min:
+            self.ref_min = self.var
+            self.since = 0
+        else:
+            self.since += 1
+        if self.stop and self.since >= self.patience:
+            self.stopped_at = it
+            return True
+        return False
+
+    def state_dict(self):
+        return {k: getattr(self, k) for k in
+                ("buffer", "count", "var", "var_min", "ref_min", "best_iter", "best", "since", "stopped_at")}
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class Picks(Callback):
+    """Minimum-loss iterate (EDIP) and, with a reference, the peak-PSNR iterate."""
+
+    name = "picks"
+
+    def __init__(self, reference: torch.Tensor | None):
+        self.reference = reference
+        self.data_range = float(reference.max() - reference.min()) if reference is not None else None
+        self.min_loss = float("inf")
+        self.min_loss_iter: int | None = None
+        self.min_loss_image: torch.Tensor | None = None
+        self.peak_psnr = -float("inf")
+        self.peak_iter: int | None = None
+        self.peak_image: torch.Tensor | None = None
+        self.last_psnr = float("nan")
+
+    def psnr(self, x: torch.Tensor) -> float:
+        mse = float(((x.reshape(self.reference.shape) - self.reference) ** 2).mean())
+        return float("inf") if mse == 0 else 10 * math.log10(self.data_range**2 / mse)
+
+    def on_iteration(self, eng, it, x, out):
+        loss = out["loss"]
+        if loss < self.min_loss:
+            self.min_loss, self.min_loss_iter, self.min_loss_image = loss, it, x.clone()
+        if self.reference is not None:
+            p = self.psnr(x)
+            self.last_psnr = p
+            if p > self.peak_psnr:
+                self.peak_psnr, self.peak_iter, self.peak_image = p, it, x.clone()
+        return False
+
+    def state_dict(self):
+        return {k: getattr(self, k) for k in ("min_loss", "min_loss_iter", "min_loss_image",
+                                              "peak_psnr", "peak_iter", "peak_image", "last_psnr")}
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+# ============================================================================ engine
+class Engine:
+    """Runs a :class:`DIPModel` on a Problem within a RunContext (see module docstring)."""
+
+    def __init__(self, problem, ctx, config: EngineConfig, *, method_name: str = "dip",
+                 params: dict | None = None, extra_callbacks: list[Callback] | None = None,
+                 loss_info: dict | None = None):
+        self.problem, self.ctx, self.cfg = problem, ctx, config
+        self.method_name = method_name
+        self.params = dict(params or {})
+        self.loss_info = dict(loss_info or {})
+        ref = problem.reference
+        self.reference = None if ref is None else problem.to_image(ref).to(problem.device)
+        self.ema = OutputEMA(config.ema_decay)
+        self.es = EarlyStoppingWMV(config.es_window, config.es_patience, config.es_delta,
+                                   stop=bool(getattr(ctx, "stop_early", False)))
+        self.picks = Picks(self.reference)
+        self.callbacks: list[Callback] = [self.ema, self.es, self.picks, *(extra_callbacks or [])]
+        self.history: list[dict] = []
+        self.iteration = 0
+        self.elapsed_before = 0.0
+        self._signal: int | None = None
+        self.gen: torch.Generator | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _make_optimizer(self, model: DIPModel) -> torch.optim.Optimizer:
+        groups = model.param_groups(self.cfg.lr)
+        name = self.cfg.optimizer.lower()
+        if name == "adam":
+            return torch.optim.Adam(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+                                    weight_decay=self.cfg.weight_decay)
+        if name == "adamw":
+            return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
+                                     weight_decay=self.cfg.weight_decay)
+        if name == "sgd":
+            return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
+        raise UserError(f"unknown optimizer '{self.cfg.optimizer}'; choose adam, adamw or sgd")
+
+    def _rng_state(self) -> dict:
+        st = {"torch": torch.get_rng_state(), "engine": self.gen.get_state()}
+        if torch.cuda.is_available():
+            st["cuda"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def _set_rng_state(self, st: dict) -> None:
+        torch.set_rng_state(st["torch"])
+        self.gen.set_state(st["engine"])
+        if "cuda" in st and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda"])
+
+    def checkpoint_dict(self, model: DIPModel, opt: torch.optim.Optimizer, elapsed: float) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "method": self.method_name,
+            "iteration": self.iteration,
+            "total_iterations": self.cfg.iterations,
+            "network_arch": dict(model.arch),
+            "network": {k: v.detach().clone() for k, v in model.network.state_dict().items()},
+            "z": model.z.detach().clone(),
+            "optimizer": opt.state_dict(),
+            "method_state": model.method_state(),
+            "engine_state": {cb.name: cb.state_dict() for cb in self.callbacks},
+            "rng": self._rng_state(),
+            "history": list(self.history),
+            "elapsed_s": float(elapsed),
+            "params": _plain_params(self.params),
+            "loss": self.loss_info,
+        }
+
+    def save_checkpoint(self, model, opt, elapsed: float) -> None:
+        run = getattr(self.ctx, "run", None)
+        if run is not None:
+            run.save_checkpoint(self.checkpoint_dict(model, opt, elapsed))
+
+    def _restore(self, model: DIPModel, opt: torch.optim.Optimizer) -> bool:
+        run = getattr(self.ctx, "run", None)
+        if not getattr(self.ctx, "resume", False) or run is None:
+            return False
+        try:
+            ck = run.load_checkpoint()
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot read checkpoint ({type(e).__name__})", path=run.file("checkpoint.pt")) from None
+        if ck is None:
+            return False
+        path = run.file("checkpoint.pt")
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"not a ctdip checkpoint (expected format '{CHECKPOINT_FORMAT}')", path=path)
+        if ck.get("method") != self.method_name:
+            raise UserError(f"checkpoint is from method '{ck.get('method')}', not '{self.method_name}'", path=path)
+        if ck.get("network_arch") != dict(model.arch):
+            raise UserError("checkpoint network architecture differs from this run's", path=path)
+        model.network.load_state_dict(ck["network"])
+        with torch.no_grad():
+            model.z.copy_(ck["z"].to(model.z.device))
+        opt.load_state_dict(ck["optimizer"])
+        model.load_method_state(ck["method_state"])
+        for cb in self.callbacks:
+            if cb.name in ck["engine_state"]:
+                cb.load_state_dict(_to_device(ck["engine_state"][cb.name], self.problem.device))
+        self._set_rng_state(ck["rng"])
+        self.iteration = int(ck["iteration"])
+        self.history = list(ck["history"])
+        self.elapsed_before = float(ck["elapsed_s"])
+        run.write_metrics(self.history)  # drop rows logged after the checkpoint
+        return True
+
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum, frame):
+            self._signal = signum
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[s] = signal.signal(s, handler)
+            except (ValueError, OSError):
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signals(old):
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    # ------------------------------------------------------------------ metrics
+    def _row(self, it: int, out: dict, x: torch.Tensor, elapsed: float) -> dict:
+        from ctdip.metrics import ssim
+
+        row = {"iter": it, "loss": out["loss"], "data_fit": out["data_fit"], "reg": out["reg"],
+               "wmv": self.es.var if self.es.count >= self.es.window else None,
+               "time_s": round(elapsed, 4)}
+        if self.reference is not None:
+            row["psnr"] = self.picks.last_psnr
+            if self.cfg.ssim_every_log:
+                row["ssim"] = ssim(x.reshape(self.reference.shape)[0, 0], self.reference[0, 0],
+                                   data_range=self.picks.data_range)
+        if self.problem.A_held is not None and self.problem.y_held is not None:
+            row["holdout"] = holdout_residual(self.problem, x)
+        return row
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, model: DIPModel) -> EngineResult:
+        cfg = self.cfg
+        device = self.problem.device
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(int(getattr(self.ctx, "seed", 0)) + 7919)
+        opt = self._make_optimizer(model)
+        resumed = self._restore(model, opt)
+        run = getattr(self.ctx, "run", None)
+        if run is not None and not resumed and self.iteration == 0 and run.file("metrics.csv").exists():
+            run.write_metrics([])
+        trainable = [p for g in opt.param_groups for p in g["params"]]
+        t_start = time.perf_counter()
+        limit = getattr(self.ctx, "time_limit_s", None)
+        step_times: list[float] = []
+        pending: list[dict] = []
+        old = self._install_signals()
+        stopped = False
+
+        def elapsed() -> float:
+            return self.elapsed_before + (time.perf_counter() - t_start)
+
+        def flush():
+            if run is not None and pending:
+                run.append_metrics(pending)
+            pending.clear()
+
+        try:
+            while self.iteration < cfg.iterations and not stopped:
+                if self._signal is not None:
+                    flush()
+                    self.save_checkpoint(model, opt, elapsed())
+                    raise KeyboardInterrupt(f"signal {self._signal}: checkpoint written at iteration {self.iteration}")
+                t0 = time.perf_counter()
+                it = self.iteration + 1
+                opt.zero_grad(set_to_none=True)
+                step = model.objective(it, self.gen)
+                step.loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                opt.step()
+                x = step.image.detach()
+                model.after_step(it, x, self.gen)
+                self.iteration = it
+                out = {"loss": float(step.loss.detach()), "data_fit": _f(step.data_fit), "reg": _f(step.reg)}
+                if not math.isfinite(out["loss"]):
+                    raise FloatingPointError(f"loss is {out['loss']} at iteration {it}; lower the learning rate")
+                for cb in self.callbacks:
+                    stopped = cb.on_iteration(self, it, x, out) or stopped
+                if it % cfg.log_every == 0 or it == 1 or it == cfg.iterations or stopped:
+                    row = self._row(it, out, x, elapsed())
+                    self.history.append(row)
+                    pending.append(row)
+                    flush()
+                self.ctx.report(it, cfg.iterations, self.history[-1] if self.history else out)
+                step_times.append(time.perf_counter() - t0)
+                if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations and not stopped:
+                    self.save_checkpoint(model, opt, elapsed())
+                if limit is not None and self.iteration < cfg.iterations and not stopped:
+                    recent = step_times[-20:]
+                    need = 2 * (sum(recent) / len(recent)) + 1.0
+                    if elapsed() - self.elapsed_before + need >= float(limit):
+                        flush()
+                        self.save_checkpoint(model, opt, elapsed())
+                        raise TimeLimitReached(
+                            f"time limit of {limit:g} s reached at iteration {self.iteration}; "
+                            "checkpoint written, continue with --resume")
+            flush()
+            self.save_checkpoint(model, opt, elapsed())
+        finally:
+            self._restore_signals(old)
+
+        final = model.final_image(self).detach()
+        picks = {"ema": self.ema.value, "es": self.es.best, "min_loss": self.picks.min_loss_image}
+        if self.reference is not None:
+            picks["best"] = self.picks.peak_image
+        picks = {k: v for k, v in picks.items() if v is not None}
+        return EngineResult(image=final, picks=picks, summary=self.summary(final, picks), history=self.history)
+
+    # ------------------------------------------------------------------ summary
+    def summary(self, final: torch.Tensor, picks: dict) -> dict:
+        s: dict[str, Any] = {
+            "iterations": self.iteration,
+            "total_iterations": self.cfg.iterations,
+            "stopped_early": self.es.stopped_at is not None,
+            "es_iter": self.es.best_iter,
+            "es_wmv": None if math.isinf(self.es.var_min) else self.es.var_min,
+            "min_loss_iter": self.picks.min_loss_iter,
+            "min_loss": None if math.isinf(self.picks.min_loss) else self.picks.min_loss,
+            "train_time_s": round(self.elapsed_before, 3),
+            "loss_normalisation": self.loss_info,
+        }
+        if self.history:
+            s["train_time_s"] = self.history[-1]["time_s"]
+        if self.reference is not None:
+            from ctdip.metrics import ssim
+
+            dr = self.picks.data_range
+            s["peak_psnr"] = self.picks.peak_psnr
+            s["peak_iter"] = self.picks.peak_iter
+            s["final_psnr"] = self.picks.psnr(final)
+            s["final_ssim"] = ssim(final.reshape(self.reference.shape)[0, 0], self.reference[0, 0], data_range=dr)
+            if "es" in picks:
+                s["es_psnr"] = self.picks.psnr(picks["es"])
+            if "ema" in picks:
+                s["ema_psnr"] = self.picks.psnr(picks["ema"])
+        if self.problem.A_held is not None and self.problem.y_held is not None:
+            s["final_holdout"] = holdout_residual(self.problem, final)
+        return s
+
+
+# ============================================================================ utilities
+def holdout_residual(problem, x: torch.Tensor) -> float:
+    """``||A_held x - y_held||^2 / ||y_held||^2`` for a network-shaped image ``x``."""
+    with torch.no_grad():
+        r = problem.A_held(problem.to_volume(x)).reshape(problem.y_held.shape) - problem.y_held
+        return float((r * r).sum() / (problem.y_held * problem.y_held).sum().clamp_min(1e-30))
+
+
+def _f(v) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _plain_params(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [x if isinstance(x, (str, int, float, bool)) else str(x) for x in v]
+        else:
+            out[k] = str(v)
+    return out
+
+
+ProgressFn = Callable[[int, int, dict], None]

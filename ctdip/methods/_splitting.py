@@ -1,0 +1,15 @@
+"""Helpers shared by the denoiser-based splitting methods (admm, hqs, red)."""
+
+from __future__ import annotations
+
+from ctdip.errors import UserError
+from ctdip.networks.denoisers import Denoiser, load_denoiser
+
+
+def make_denoiser(method) -> Denoiser:
+    """The denoiser named by the method's ``denoiser`` parameter (``tv``, ``bm3d`` or a file)."""
+    spec = method.p.get("denoiser") or "tv"
+    try:
+        return load_denoiser(str(spec), device=method.problem.device)
+    except UserError as e:
+        raise UserError(f"method '{method.name}': {e.one_line()}") from None

@@ -1,0 +1,93 @@
+"""Educated DIP, EDIP (Barbano et al. 2022, "An educated warm start for deep image prior-based
+micro CT reconstruction"): a U-Net pretrained on synthetic ellipses (FBP -> phantom) is fine-tuned
+on the data with the TV-regularised DIP loss, input the FBP::
+
+    theta_0 = pretrained weights,  z = FBP(y)
+    L(theta) = ||A f_theta(z) - y||^2 / ||y||^2 + lambda TV(f_theta(z))
+    theta_{t+1} = Adam(theta_t, grad_theta L(theta_t))
+
+and the returned image is the minimum-loss iterate, ``argmin_t L(theta_t)`` (Barbano et al. 2022).
+
+``edip-fe`` freezes the encoder: the parameters of ``inc`` (first conv + GroupNorm) and of every
+``down.*`` block (strided conv, conv, their GroupNorms) keep their pretrained values; the skip
+1x1 convolutions, the up blocks (``up_norm.*``, ``up.*``) and ``outc`` are optimised.
+
+Weights: ``--weights FILE`` (a ``kind: unet`` file of ``ctdip pretrain``); its geometry key must
+match the problem's unless ``force``. Without ``--weights`` the pretraining module's cached or
+freshly pretrained warm start is used (``ctdip.pretrain.ensure_warm_start``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ctdip.engine import StepOut
+from ctdip.errors import UserError
+from ctdip.methods._dip import DIPMethod
+from ctdip.networks.weights import build_from_weights, load_weights, problem_geometry_key
+
+
+class EDIP(DIPMethod):
+    name = "edip"
+    extra_defaults = {"weights": None, "force": False, "tv_weight": 1e-3}
+    freeze_encoder = False
+
+    def weights_path(self, problem, arch: dict):
+        if self.p["weights"]:
+            return self.p["weights"]
+        try:
+            from ctdip.pretrain import ensure_warm_start
+        except ImportError:
+            raise UserError(f"method '{self.name}' needs --weights FILE (pretrained U-Net weights)") from None
+        return ensure_warm_start(problem, arch, quiet=bool(getattr(self.ctx, "quiet", False)))
+
+    def build_network(self, problem):
+        path = self.weights_path(problem, self.arch)
+        obj = load_weights(path, kind="unet")
+        want, have = problem_geometry_key(problem), obj.get("geometry_key")
+        if want is not None and have is not None and want != have:
+            if not self.p["force"]:
+                raise UserError(
+                    f"weights were pretrained for another geometry (key {have}, this scan {want}); "
+                    "pretrain for this scan or pass --force", path=path)
+            if not getattr(self.ctx, "quiet", False):
+                sys.stderr.write(f"warning: {path}: geometry key {have} != {want}, used anyway (--force)\n")
+        self.arch = dict(obj["arch"])
+        if int(self.arch.get("dim", problem.dim)) != problem.dim:
+            raise UserError(f"weights hold a {self.arch.get('dim')}D network, the problem is {problem.dim}D", path=path)
+        self.weights_file = str(path)
+        self.weights_geometry_key = have
+        net = build_from_weights(obj, path).to(problem.device)
+        if self.freeze_encoder:
+            if not hasattr(net, "encoder_parameters"):
+                raise UserError(f"method '{self.name}': network '{self.arch.get('name')}' has no encoder to freeze")
+            for p in net.encoder_parameters():
+                p.requires_grad_(False)
+        return net
+
+    def run(self, problem, ctx=None):
+        from ctdip.methods.base import RunContext
+
+        self.ctx = ctx or RunContext()
+        return super().run(problem, self.ctx)
+
+    def objective(self, it, gen):
+        x = self.network(self.z)
+        fit = self.data_fit(x)
+        reg = float(self.p["tv_weight"]) * self.tv(x)
+        return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
+
+    def choose_result(self, res):
+        return res.picks.get("min_loss", res.image)
+
+    def extra_summary(self):
+        n_frozen = sum(p.numel() for p in self.network.parameters() if not p.requires_grad)
+        return {"weights": self.weights_file, "weights_geometry_key": self.weights_geometry_key,
+                "frozen_parameters": n_frozen, "returned": "min_loss"}
+
+
+class EDIPFrozenEncoder(EDIP):
+    name = "edip-fe"
+    freeze_encoder = True

@@ -1,0 +1,60 @@
+"""DIP with a plug-and-play denoiser by half-quadratic splitting (HQS; Zhang et al. 2017/2021
+plug-and-play HQS, applied to the DIP parametrisation as in the handbook's denoiser variants).
+
+With an increasing coupling mu_k and the denoiser strength tied to it, sigma_k = sqrt(lambda/mu_k)
+(the MAP denoiser of the u-subproblem ``lambda R(u) + mu_k/2 ||x - u||^2``)::
+
+    theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
+                                                                     + mu_k/2 mean (f_theta(z) - u)^2 ])
+    every ``inner`` iterations:    u <- D(x, sigma_k),  sigma_k = sqrt(lambda / mu_k)
+                                   mu_{k+1} = min(mu_growth mu_k, mu_max)
+
+``D`` as in ``admm`` (``tv``, ``bm3d`` or a CNN weight file). With ``denoiser: tv`` this is tv-hqs
+with D = prox_{sigma^2 TV}.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ctdip.engine import StepOut
+from ctdip.methods._dip import DIPMethod
+from ctdip.methods._splitting import make_denoiser
+
+
+class HQSDenoiser(DIPMethod):
+    name = "hqs-denoiser"
+    extra_defaults = {"denoiser": "tv", "lam": 5e-4, "mu": 0.05, "mu_growth": 1.01, "mu_max": 5.0, "inner": 5}
+
+    def setup(self, problem, gen):
+        self.denoiser = make_denoiser(self)
+        with torch.no_grad():
+            self.u = self.network(self.z).detach().clone()
+        self.mu = float(self.p["mu"])
+
+    def sigma(self) -> float:
+        return math.sqrt(float(self.p["lam"]) / self.mu)
+
+    def objective(self, it, gen):
+        x = self.network(self.z)
+        fit = self.data_fit(x)
+        pen = 0.5 * self.mu * ((x - self.u) ** 2).mean()
+        return StepOut(loss=fit + pen, image=x, data_fit=fit, reg=pen)
+
+    @torch.no_grad()
+    def after_step(self, it, image, gen):
+        if it % int(self.p["inner"]) == 0:
+            self.u = self.denoiser(image, self.sigma())
+            self.mu = min(self.mu * float(self.p["mu_growth"]), float(self.p["mu_max"]))
+
+    def method_state(self):
+        return {"u": self.u, "mu": self.mu}
+
+    def load_method_state(self, state):
+        self.u, self.mu = state["u"].to(self.problem.device), float(state["mu"])
+
+    def extra_summary(self):
+        return {"denoiser": getattr(self.denoiser, "name", str(self.p["denoiser"])), "final_mu": self.mu,
+                "final_sigma": self.sigma()}

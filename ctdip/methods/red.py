@@ -1,0 +1,63 @@
+"""DIP regularised by denoising (RED; Romano et al. 2017, DeepRED of Mataev et al. 2019; handbook
+Alg. 5) with the u-subproblem solved by accelerated proximal gradient (Reehorst & Schniter 2019).
+
+Objective ``||A f_theta(z) - y||^2/||y||^2 + lambda/2 mean u^T (u - D(u))`` with the splitting
+x = f_theta(z) ~ u, penalised by mu/2 mean (x - u)^2. RED's gradient is ``lambda (u - D(u))``
+(for a locally homogeneous D with symmetric Jacobian), so the fixed point of the u-subproblem is
+``u = (lambda D(u) + mu x) / (lambda + mu)``; APG iterates it with Nesterov momentum::
+
+    theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
+                                                                     + mu/2 mean (f_theta(z) - u)^2 ])
+    every ``inner`` iterations:    u_new = (lambda D(v, sigma) + mu x) / (lambda + mu)
+                                   t_new = (1 + sqrt(1 + 4 t^2)) / 2
+                                   v = u_new + (t - 1)/t_new (u_new - u);  u = u_new;  t = t_new
+
+``D`` as in ``admm`` (``tv``, ``bm3d`` or a CNN weight file) with fixed strength ``sigma``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ctdip.engine import StepOut
+from ctdip.methods._dip import DIPMethod
+from ctdip.methods._splitting import make_denoiser
+
+
+class RED(DIPMethod):
+    name = "red"
+    extra_defaults = {"denoiser": "tv", "sigma": 0.1, "lam": 1.0, "mu": 1.0, "inner": 5}
+
+    def setup(self, problem, gen):
+        self.denoiser = make_denoiser(self)
+        with torch.no_grad():
+            self.u = self.network(self.z).detach().clone()
+        self.v = self.u.clone()
+        self.t = 1.0
+
+    def objective(self, it, gen):
+        x = self.network(self.z)
+        fit = self.data_fit(x)
+        pen = 0.5 * float(self.p["mu"]) * ((x - self.u) ** 2).mean()
+        return StepOut(loss=fit + pen, image=x, data_fit=fit, reg=pen)
+
+    @torch.no_grad()
+    def after_step(self, it, image, gen):
+        if it % int(self.p["inner"]) == 0:
+            lam, mu = float(self.p["lam"]), float(self.p["mu"])
+            u_new = (lam * self.denoiser(self.v, float(self.p["sigma"])) + mu * image) / (lam + mu)
+            t_new = (1 + math.sqrt(1 + 4 * self.t * self.t)) / 2
+            self.v = u_new + ((self.t - 1) / t_new) * (u_new - self.u)
+            self.u, self.t = u_new, t_new
+
+    def method_state(self):
+        return {"u": self.u, "v": self.v, "t": self.t}
+
+    def load_method_state(self, state):
+        dev = self.problem.device
+        self.u, self.v, self.t = state["u"].to(dev), state["v"].to(dev), float(state["t"])
+
+    def extra_summary(self):
+        return {"denoiser": getattr(self.denoiser, "name", str(self.p["denoiser"]))}

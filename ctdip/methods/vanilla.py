@@ -1,0 +1,17 @@
+"""Vanilla DIP (Ulyanov et al. 2018; for CT Baguer et al. 2020; handbook Alg. 1).
+
+    x = f_theta(z),   theta_{t+1} = Adam(theta_t, grad_theta L(theta_t)),
+    L(theta) = ||A f_theta(z) - y||^2 / ||y||^2
+
+with z fixed: noise ``z = 0.1 N(0, 1)`` (default) or ``--input fbp`` (the FBP of the data). Without
+regularisation the iterates overfit the noise; the early-stopped pick (ES-WMV, ``recon_es.tif``)
+is the one to use, and the returned ``recon.tif`` is the network at its final parameters.
+"""
+
+from __future__ import annotations
+
+from ctdip.methods._dip import DIPMethod
+
+
+class Vanilla(DIPMethod):
+    name = "vanilla"

@@ -1,0 +1,140 @@
+"""U-Net 2D/3D, presets, build_network, weight files and denoisers."""
+
+import pytest
+import torch
+
+from ctdip.errors import UserError
+from ctdip.networks import build_network, count_parameters, network_preset, preset_names
+from ctdip.networks.denoisers import div, grad, load_denoiser, tv_norm, tv_prox
+from ctdip.networks.weights import geometry_key, load_weights, save_weights
+
+
+def test_presets_exist_and_paper_matches_handbook():
+    assert {"paper", "light", "tiny", "3d"} <= set(preset_names())
+    a = network_preset("paper", 2)
+    assert a["channels"] == [128] * 6 and a["skip_channels"] == [0, 0, 0, 0, 4, 4] and a["dim"] == 2
+    assert network_preset("3d", 2)["dim"] == 3  # the 3D preset pins its dimension
+    assert network_preset("3d", 3)["skip_channels"] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64, 64), (1, 1, 37, 50), (2, 1, 16, 16)])
+def test_unet_2d_shapes(shape):
+    torch.manual_seed(0)
+    net = build_network(network_preset("light", 2))
+    assert net(torch.randn(shape)).shape == shape
+
+
+def test_unet_3d_and_skip_layout():
+    net = build_network(network_preset("3d", 3))
+    x = torch.randn(1, 1, 12, 16, 20)
+    assert net(x).shape == x.shape
+    # paper layout: skips only into the two coarsest up blocks (entries 4 and 5 of [0,0,0,0,4,4])
+    paper = build_network(network_preset("paper", 2, channels=[8] * 6))
+    widths = [blk[0].in_channels for blk in paper.up]
+    assert widths == [8 + 4, 8 + 4, 8, 8, 8]
+    assert 5.6e5 < count_parameters(build_network(network_preset("paper", 2))) / 4 < 6e5
+
+
+def test_sigmoid_and_groupnorm_and_nearest():
+    arch = network_preset("tiny", 2, sigmoid=True)
+    net = build_network(arch)
+    y = net(torch.randn(1, 1, 16, 16)).detach()
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+def test_build_network_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown network 'nope'"):
+        build_network({"name": "nope"})
+    with pytest.raises(UserError, match="unknown network preset"):
+        network_preset("huge", 2)
+    bad = tmp_path / "net.yaml"
+    bad.write_text("arch: [unclosed\n")
+    with pytest.raises(UserError, match="bad YAML"):
+        network_preset(bad, 2)
+    with pytest.raises(UserError, match="bad parameters"):
+        build_network({"name": "unet", "channels": [4, 4], "skip_channels": [0]})
+
+
+def test_drunet_registered():
+    net = build_network({"name": "drunet", "dim": 2, "in_channels": 2, "out_channels": 1,
+                         "channels": [8, 16], "blocks": 1})
+    assert net(torch.randn(1, 2, 16, 16)).shape == (1, 1, 16, 16)
+
+
+def test_weights_roundtrip_and_errors(tmp_path):
+    arch = network_preset("tiny", 2)
+    net = build_network(arch)
+    p = save_weights(tmp_path / "w.pt", net.state_dict(), arch, kind="unet", geometry_key="abc",
+                     data_spec={"phantom": "ellipses"}, extra={"steps": 3})
+    obj = load_weights(p)
+    assert obj["format"] == "ctdip-weights/1" and obj["kind"] == "unet" and obj["geometry_key"] == "abc"
+    net2 = build_network(obj["arch"])
+    net2.load_state_dict(obj["state_dict"])
+    x = torch.randn(1, 1, 16, 16)
+    assert torch.equal(net(x), net2(x))
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="junk.pt"):
+        load_weights(tmp_path / "junk.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a ctdip weights file"):
+        load_weights(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="expected 'denoiser'"):
+        load_weights(p, kind="denoiser")
+
+
+def test_geometry_key_stable():
+    class G:
+        def __init__(self, h):
+            self.h = h
+
+        def hash(self):
+            return self.h
+
+    k = geometry_key(G("a"), G("b"))
+    assert k == geometry_key(G("a"), G("b")) and len(k) == 16 and k != geometry_key(G("a"), G("c"))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 7, 9), (1, 1, 4, 5, 6)])
+def test_grad_div_adjoint(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    p = torch.randn((len(shape) - 2, *shape), dtype=torch.float64)
+    assert torch.allclose((grad(x) * p).sum(), -(x * div(p)).sum(), rtol=1e-12)
+
+
+def test_tv_prox_denoises_and_is_optimal():
+    torch.manual_seed(0)
+    img = torch.zeros(1, 1, 32, 32)
+    img[..., 8:24, 8:24] = 1
+    noisy = img + 0.1 * torch.randn_like(img)
+    d = tv_prox(noisy, 0.1, 200)
+    assert float(((d - img) ** 2).mean()) < 0.1 * float(((noisy - img) ** 2).mean())
+
+    def obj(u):
+        g = grad(u)
+        return 0.5 * float(((u - noisy) ** 2).sum()) + 0.1 * float(torch.sqrt((g * g).sum(0)).sum())
+
+    # the prox beats small perturbations of itself
+    for _ in range(5):
+        assert obj(d) <= obj(d + 1e-3 * torch.randn_like(d)) + 1e-6
+    assert float(tv_norm(img)) > 0 and float(tv_norm(torch.ones(1, 1, 8, 8))) < 1e-3
+
+
+def test_load_denoiser_specs(tmp_path):
+    D = load_denoiser("tv")
+    x = torch.rand(1, 1, 16, 16)
+    assert D(x, 0.0).equal(x)
+    with pytest.raises(UserError, match="unknown denoiser"):
+        load_denoiser("wavelets")
+    try:
+        import bm3d  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match=r"pip install 'ctdip\[bm3d\]'"):
+            load_denoiser("bm3d")
+    arch = {"name": "drunet", "dim": 2, "in_channels": 2, "out_channels": 1, "channels": [8, 16], "blocks": 1}
+    net = build_network(arch)
+    save_weights(tmp_path / "den.pt", net.state_dict(), arch, kind="denoiser")
+    Dc = load_denoiser(str(tmp_path / "den.pt"))
+    expected = net(torch.cat([x, torch.full_like(x, 0.05)], 1))
+    assert torch.allclose(Dc(x, 0.05), expected)
