@@ -132,32 +132,56 @@ class TorchRayTransform:
         return acc
 
 
+def projection_matrices(geometry: ProjectionGeometry, vec: torch.Tensor) -> torch.Tensor:
+    """Per-view 3x4 homogeneous maps from a point (x, y, z, 1) to (col * w, row * w, w).
+
+    col/row are the fractional detector indices (pixel centres at integers) where the ray through
+    the point hits the detector. For cone beams ``w = (p - s) . n`` (n = u x v), so
+    ``w / ((0 - s) . n)`` is FDK's depth ratio U; for parallel beams w = 1. Derivation: the hit
+    point is ``s + ((d - s) . n / (p - s) . n) (p - s)`` (cone) or ``p + ((d - p) . n / r . n) r``
+    (parallel); its offset from d, dotted with the dual basis u* = v x n / |n|^2, v* = n x u / |n|^2
+    of the detector plane, gives the column and row. vec: (nv, 12) float64 -> (nv, 3, 4) float64.
+    """
+    rows, cols = geometry.det_shape
+    s, d, u, v = vec[:, 0:3], vec[:, 3:6], vec[:, 6:9], vec[:, 9:12]
+    n = torch.cross(u, v, dim=-1)
+    nn2 = (n * n).sum(-1, keepdim=True)
+    duals = (torch.cross(v, n, dim=-1) / nn2, torch.cross(n, u, dim=-1) / nn2)
+    centres = ((cols - 1) / 2, (rows - 1) / 2)
+    P = torch.zeros((len(vec), 3, 4), dtype=vec.dtype, device=vec.device)
+    dot = lambda a, b: (a * b).sum(-1)  # noqa: E731
+    if geometry.beam == "cone":
+        num = dot(d - s, n)
+        P[:, 2, :3], P[:, 2, 3] = n, -dot(n, s)
+        for k, (du, c0) in enumerate(zip(duals, centres)):
+            a = dot(s - d, du) + c0
+            P[:, k, :3] = a[:, None] * n + num[:, None] * du
+            P[:, k, 3] = -a * dot(n, s) - num * dot(du, s)
+    else:
+        rn = dot(s, n)
+        for k, (du, c0) in enumerate(zip(duals, centres)):
+            ratio = dot(s, du) / rn
+            P[:, k, :3] = du - ratio[:, None] * n
+            P[:, k, 3] = -dot(d, du) + dot(d, n) * ratio + c0
+        P[:, 2, 3] = 1.0
+    return P
+
+
 def detector_coords(geometry: ProjectionGeometry, vec: torch.Tensor, pts: torch.Tensor):
     """Where the ray through each point hits the detector, for a chunk of views.
 
-    vec: (nv, 12) float64 vectors; pts: (M, 3) float64 points (x, y, z).
-    Returns (col, row, depth), each (nv, M): fractional detector column/row indices (pixel centres
-    at integers) and, for cone beams, the depth ratio ``((p - s) . n) / ((0 - s) . n)`` of the point
-    relative to the origin plane along the detector normal n (1 for parallel beams), which FDK
-    uses for its 1/U^2 weight.
+    vec: (nv, 12) float64 vectors; pts: (M, 3) points (x, y, z), any float dtype (the maps are
+    applied in that dtype). Returns (col, row, depth), each (nv, M): fractional detector
+    column/row indices and, for cone beams, the depth ratio U = ((p - s) . n) / ((0 - s) . n)
+    used by FDK's 1/U^2 weight (1 for parallel beams).
     """
-    rows, cols = geometry.det_shape
-    s, d, u, v = vec[:, None, 0:3], vec[:, None, 3:6], vec[:, None, 6:9], vec[:, None, 9:12]
-    n = torch.cross(u, v, dim=-1)
-    nn2 = (n * n).sum(-1, keepdim=True)
-    u_dual = torch.cross(v, n, dim=-1) / nn2  # u . u_dual = 1, v . u_dual = 0
-    v_dual = torch.cross(n, u, dim=-1) / nn2
-    p = pts[None]
+    P = projection_matrices(geometry, vec)
+    h = torch.einsum("vij,mj->vim", P[:, :, :3].to(pts.dtype), pts) + P[:, :, 3:].to(pts.dtype)
+    w = h[:, 2]
+    col, row = h[:, 0] / w, h[:, 1] / w
     if geometry.beam == "cone":
-        num = ((d - s) * n).sum(-1)  # (nv, 1)
-        den = ((p - s) * n).sum(-1)  # (nv, M)
-        hit = s + (num / den)[..., None] * (p - s)
-        depth = den / (((-s) * n).sum(-1))
+        s_n = -(vec[:, 0:3] * torch.cross(vec[:, 6:9], vec[:, 9:12], dim=-1)).sum(-1)
+        depth = w / s_n[:, None].to(pts.dtype)
     else:
-        t = ((d - p) * n).sum(-1) / (s * n).sum(-1)
-        hit = p + t[..., None] * s
-        depth = torch.ones(p.shape[:2], dtype=p.dtype, device=p.device).expand(len(vec), -1)
-    rel = hit - d
-    col = (rel * u_dual).sum(-1) + (cols - 1) / 2
-    row = (rel * v_dual).sum(-1) + (rows - 1) / 2
+        depth = torch.ones_like(w)
     return col, row, depth

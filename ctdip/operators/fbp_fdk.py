@@ -127,7 +127,8 @@ def fbp(y, geometry: ProjectionGeometry, volume: VolumeGeometry, filter: str = "
     yc = torch.as_tensor(volume.voxel_centers(1), dtype=torch.float64, device=dev)
     xc = torch.as_tensor(volume.voxel_centers(2), dtype=torch.float64, device=dev)
     Z, Y, X = torch.meshgrid(zc, yc, xc, indexing="ij")
-    pts = torch.stack([X.reshape(-1), Y.reshape(-1), Z.reshape(-1)], dim=-1)  # (M, 3)
+    # float32 is plenty for detector coordinates (~1e-5 pixel) and much faster than float64
+    pts = torch.stack([X.reshape(-1), Y.reshape(-1), Z.reshape(-1)], dim=-1).to(torch.float32)  # (M, 3)
     M = pts.shape[0]
     out = torch.zeros((B, M), dtype=torch.float32, device=dev)
     nv_chunk = max(1, min(geometry.n_views, _SAMPLES_PER_CHUNK // max(1, M * B)))
@@ -138,9 +139,9 @@ def fbp(y, geometry: ProjectionGeometry, volume: VolumeGeometry, filter: str = "
         for i0 in range(0, geometry.n_views, nv_chunk):
             sl = slice(i0, min(i0 + nv_chunk, geometry.n_views))
             col, row, depth = detector_coords(geometry, vec[sl], p)
-            grid = torch.stack([(col + 0.5) / C * 2 - 1, (row + 0.5) / R * 2 - 1], dim=-1)
-            smp = F.grid_sample(qv[sl], grid[:, None].to(torch.float32), mode="bilinear",
+            grid = torch.stack([(col + 0.5) * (2.0 / C) - 1, (row + 0.5) * (2.0 / R) - 1], dim=-1)
+            smp = F.grid_sample(qv[sl], grid[:, None], mode="bilinear",
                                 padding_mode="zeros", align_corners=False)[:, :, 0]  # (nv, B, m)
-            wt = (w[sl, None] / depth**2).to(torch.float32)  # (nv, m)
+            wt = w[sl, None].to(torch.float32) / depth**2  # (nv, m)
             out[:, m0:m0 + m_chunk] += (smp * wt[:, None]).sum(0)
     return out.reshape(*lead, *volume.shape)
