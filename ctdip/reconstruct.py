@@ -1,0 +1,392 @@
+"""The reconstruction driver shared by ``ctdip reconstruct`` and ``ctdip batch``.
+
+``reconstruct(scan, method, params)``:
+
+1. resolves the method class (``ctdip.methods.get_method``) and its parameters:
+   ``presets/methods/<name>.yaml`` (``params:``, with a ``sources:`` note per default) < ``params``
+   overrides; the method object is built (and refuses unknown parameters) before anything is
+   written;
+2. builds the :class:`~ctdip.problem.Problem` (operator, scaled data, FBP/FDK, reference);
+3. creates the run folder (default ``runs/<timestamp>_<method>_<dataset>``; with ``resume`` the
+   existing folder, whose ``config.yaml`` restores method, parameters, seed and scan options via
+   :func:`resume_settings`) and writes ``config.yaml``;
+4. seeds torch/numpy/random and calls ``method.run(problem, RunContext(...))`` with a rich
+   progress bar on a terminal (nothing when stderr is not a TTY, or with ``quiet``);
+5. writes ``recon.tif`` (``problem.unscale``; voxel size in the ImageJ metadata; ASTRA's (z, y, x)
+   volume orientation), ``recon_<name>.tif`` for each of ``result.extras`` (``best`` only with a
+   reference), ``summary.json``, ``preview.png`` and ``psnr.png``.
+
+:class:`~ctdip.errors.TimeLimitReached` and ``KeyboardInterrupt`` raised by a method propagate
+(the method has written its checkpoint; the CLI exits 3 / 130).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctdip.errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets" / "methods"
+
+
+@dataclass
+class RunSummary:
+    """What a finished run returns: its folder, the summary.json content and the config."""
+
+    path: Path
+    summary: dict
+    config: dict = field(default_factory=dict)
+
+    @property
+    def recon_path(self) -> Path:
+        return self.path / "recon.tif"
+
+    @property
+    def preview_path(self) -> Path:
+        return self.path / "preview.png"
+
+
+def canonical_method(name: str) -> str:
+    from ctdip.methods import ALIASES
+
+    return ALIASES.get(name, name)
+
+
+def method_preset(name: str) -> dict:
+    """``{"path", "params", "sources"}`` of ``presets/methods/<name>.yaml`` (empty if absent)."""
+    from ctdip.data.io import read_yaml
+
+    p = PRESET_DIR / f"{name}.yaml"
+    if not p.is_file():
+        return {"path": None, "params": {}, "sources": {}}
+    d = read_yaml(p)
+    params = dict(d.get("params") or {})
+    sources = dict(d.get("sources") or {})
+    for k, v in list(params.items()):  # also accept {value: ..., source: ...} entries
+        if isinstance(v, dict) and "value" in v:
+            params[k] = v["value"]
+            if "source" in v:
+                sources[k] = v["source"]
+    return {"path": str(p), "params": params, "sources": sources}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    d = (device or "auto").lower()
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if not (d == "cpu" or d.startswith("cuda")):
+        raise UserError(f"--device must be auto, cpu or cuda[:i], got '{device}'")
+    return d
+
+
+def parse_time_limit(value: str | float | int | None) -> float | None:
+    """Seconds from ``3600``, ``90.5``, ``MM:SS`` or ``HH:MM:SS``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        s = float(value)
+    else:
+        parts = str(value).strip().split(":")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise UserError(f"--time-limit must be seconds or HH:MM:SS, got '{value}'") from None
+        if len(nums) > 3:
+            raise UserError(f"--time-limit must be seconds or HH:MM:SS, got '{value}'")
+        s = 0.0
+        for n in nums:
+            s = s * 60 + n
+    if s <= 0:
+        raise UserError(f"--time-limit must be positive, got '{value}'")
+    return s
+
+
+def versions() -> dict:
+    import torch
+
+    import ctdip
+
+    out = {"ctdip": str(ctdip.__version__), "torch": str(torch.__version__), "numpy": str(np.__version__),
+           "python": platform.python_version()}
+    try:
+        import astra
+
+        out["astra"] = str(astra.__version__)
+    except Exception:  # pragma: no cover - astra is a dependency, but keep configs writable
+        out["astra"] = None
+    return out
+
+
+def resume_settings(run_dir: str | Path) -> dict:
+    """What ``--resume RUN`` restores from the run's ``config.yaml``: method, overrides, seed,
+    scan folder and options, backend, holdout."""
+    from ctdip.runs import RunFolder
+
+    run = RunFolder(run_dir)
+    p = run.file("config.yaml")
+    if not run.path.is_dir():
+        raise UserError("run folder to resume not found", path=run.path)
+    if not p.is_file():
+        raise UserError("not a run folder (no config.yaml)", path=run.path)
+    from ctdip.data.io import read_yaml
+
+    cfg = read_yaml(p)
+    for key in ("method", "scan"):
+        if key not in cfg:
+            raise UserError(f"config.yaml has no '{key}'", path=p)
+    return cfg
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class _Progress:
+    """A rich progress bar on stderr (iterations, loss, PSNR), or nothing."""
+
+    def __init__(self, enabled: bool, description: str):
+        self.enabled = enabled
+        self.description = description
+        self._p = None
+        self._task = None
+        self._last = 0.0
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                               console=Console(stderr=True), transient=False)
+            self._p.__enter__()
+            self._task = self._p.add_task(self.description, total=None, info="")
+        return self
+
+    def __call__(self, it: int, total: int, metrics: dict) -> None:
+        if self._p is None:
+            return
+        now = time.perf_counter()
+        if it < total and now - self._last < 0.1:
+            return
+        self._last = now
+        info = []
+        if isinstance(metrics.get("loss"), (int, float)):
+            info.append(f"loss {metrics['loss']:.3e}")
+        if isinstance(metrics.get("psnr"), (int, float)):
+            info.append(f"PSNR {metrics['psnr']:.2f} dB")
+        self._p.update(self._task, completed=it, total=total, info="  ".join(info))
+
+    def __exit__(self, *exc) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _as_np(t) -> np.ndarray:
+    if hasattr(t, "detach"):
+        t = t.detach().float().cpu().numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+def build_summary(problem, result, rows: list[dict], wall_s: float, method: str, run_path: Path,
+                  extras_np: dict[str, np.ndarray]) -> dict:
+    """summary.json: peak / early-stop / final PSNR & SSIM with iterations, rise time, wall time."""
+    from ctdip import metrics
+
+    s: dict[str, Any] = {"method": method, "run": str(run_path), "wall_time_s": round(wall_s, 3)}
+    rs = dict(result.summary or {})
+    s["iterations"] = rs.get("iterations", rows[-1]["iter"] if rows else None)
+    if problem.reference is not None:
+        ref = problem.reference
+        rec = result.recon
+        s["final"] = {"iter": s["iterations"], "psnr": metrics.psnr(rec, ref), "ssim": metrics.ssim(rec, ref)}
+        ps = [(r["iter"], r["psnr"]) for r in rows if isinstance(r.get("psnr"), (int, float))]
+        if ps:
+            it_best, p_best = max(ps, key=lambda t: t[1])
+            s["peak"] = {"iter": it_best, "psnr": p_best}
+            if "best" in result.extras:
+                s["peak"]["ssim"] = metrics.ssim(result.extras["best"], ref)
+            if len(ps) >= 10:
+                steady = metrics.steady_psnr([p for _, p in ps])
+                s["steady_psnr"] = steady
+                s["rise_time"] = metrics.rise_time([i for i, _ in ps], [p for _, p in ps], steady)
+        if "es" in result.extras:
+            es = result.extras["es"]
+            s["early_stop"] = {"iter": rs.get("es_iter"), "psnr": metrics.psnr(es, ref), "ssim": metrics.ssim(es, ref)}
+        fb = problem.x_init
+        if fb is not None:
+            s["fbp"] = {"psnr": metrics.psnr(fb, ref), "ssim": metrics.ssim(fb, ref)}
+    elif "es" in result.extras:
+        s["early_stop"] = {"iter": rs.get("es_iter")}
+    s["files"] = ["recon.tif"] + [f"recon_{k}.tif" for k in extras_np]
+    s["result"] = rs
+    return s
+
+
+def reconstruct(scan, method: str, params: dict | None = None, output: str | Path | None = None, *,
+                seed: int = 0, device: str = "auto", backend: str = "auto", holdout: float = 0.0,
+                resume: bool = False, time_limit: float | str | None = None, stop_early: bool = False,
+                quiet: bool = False, progress: bool = True, json_out: bool = False,
+                config_extra: dict | None = None, scan_options: dict | None = None,
+                runs_root: str | Path = "runs") -> RunSummary:
+    """Run ``method`` on ``scan`` (a :class:`~ctdip.data.Scan` or a scan folder, read with
+    ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring)."""
+    import torch
+
+    from ctdip.data import Scan
+    from ctdip.methods import get_method
+    from ctdip.methods.base import RunContext
+    from ctdip.problem import Problem
+    from ctdip.runs import RunFolder, default_run_dir
+
+    t_start = time.perf_counter()
+    name = canonical_method(method)
+    cls = get_method(method)
+    preset = method_preset(name)
+    overrides = {k: v for k, v in (params or {}).items() if v is not None}
+    merged = {**preset["params"], **overrides}
+    m = cls(**merged)
+    resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
+    sources = {**preset["sources"], **dict(getattr(m, "sources", {}) or {})}
+    if not 0 <= float(holdout) < 1:
+        raise UserError(f"--holdout must be in [0, 1), got {holdout}")
+    limit_s = parse_time_limit(time_limit)
+    dev = resolve_device(device)
+
+    if not isinstance(scan, Scan):
+        from ctdip.data.loader import load_scan
+
+        scan = load_scan(scan, **(scan_options or {}))
+    dataset = scan.source.resolve().name if scan.source is not None else "scan"
+
+    if output is None and resume:
+        raise UserError("--resume needs the run folder")
+    run_path = Path(output) if output is not None else default_run_dir(name, dataset, runs_root)
+    run = RunFolder(run_path)
+    if resume:
+        if not run.file("config.yaml").is_file():
+            raise UserError("cannot resume: not a run folder (no config.yaml)", path=run_path)
+    elif run_path.exists() and any(run_path.iterdir()):
+        raise UserError("run folder exists and is not empty (choose another -o, or --resume it)", path=run_path)
+
+    _seed_all(int(seed))
+    problem = Problem.from_scan(scan, backend=backend, device=dev, holdout=float(holdout))
+    geom = problem.A.geometry
+
+    run.create(exist_ok=True)
+    config: dict[str, Any] = {
+        "method": name, "method_kind": getattr(cls, "kind", "dip"),
+        "preset": {"path": preset["path"], "params": preset["params"], "sources": sources},
+        "overrides": overrides, "params": resolved,
+        "seed": int(seed), "device": dev, "backend": problem.info.get("backend", backend),
+        "holdout": float(holdout), "stop_early": bool(stop_early), "time_limit_s": limit_s,
+        "scan": {"folder": str(scan.source) if scan.source is not None else None, "layout": scan.layout,
+                 "options": dict((scan.info or {}).get("options", {}) if scan_options is None else scan_options),
+                 "info": {k: v for k, v in (scan.info or {}).items() if k not in ("views",)}},
+        "geometry": {"hash": geom.hash(), "kind": geom.kind, "views": geom.n_views,
+                     "detector": list(geom.det_shape)},
+        "volume": {"hash": problem.volume.hash(), "shape": list(problem.volume.shape),
+                   "voxel_mm": list(problem.volume.voxel_mm), "center_mm": list(problem.volume.center_mm)},
+        "scalings": problem.scalings(), "versions": versions(),
+        **(config_extra or {}),
+    }
+    if resume:
+        old = run.read_config()
+        config["resumed"] = int(old.get("resumed", 0)) + 1
+        if getattr(cls, "kind", "dip") == "classical":
+            run.write_metrics([])  # classical methods rerun from scratch
+    run.write_config(config)
+
+    show = progress and not quiet and not json_out and _stderr_is_tty()
+    with _Progress(show, f"{name}") as bar:
+        ctx = RunContext(run=run, seed=int(seed), resume=bool(resume), quiet=bool(quiet), progress=bar,
+                         time_limit_s=limit_s, stop_early=bool(stop_early),
+                         extra={"holdout": float(holdout), "device": dev})
+        _seed_all(int(seed))
+        result = m.run(problem, ctx)
+
+    vox = problem.volume.voxel_mm
+    recon_np = _as_np(problem.unscale(result.recon)).reshape(problem.volume.shape)
+    run.write_volume("recon.tif", recon_np, vox)
+    extras_np: dict[str, np.ndarray] = {}
+    for k, t in (result.extras or {}).items():
+        if k == "best" and problem.reference is None:
+            continue
+        if not hasattr(t, "shape") or int(np.prod(t.shape)) != int(np.prod(problem.volume.shape)):
+            continue
+        extras_np[k] = _as_np(problem.unscale(t)).reshape(problem.volume.shape)
+        run.write_volume(f"recon_{k}.tif", extras_np[k], vox)
+    rows = run.read_metrics() or list(result.history or [])
+    summary = build_summary(problem, result, rows, time.perf_counter() - t_start, name, run_path, extras_np)
+    summary["dataset"] = dataset
+    run.write_summary(summary)
+
+    from ctdip import plots
+
+    ref_np = None if problem.reference is None else _as_np(problem.unscale(problem.reference))
+    init_np = None if problem.x_init is None else _as_np(problem.unscale(problem.x_init))
+    fin = summary.get("final", {})
+    plots.preview(run.file("preview.png"), recon_np, ref_np, init_np,
+                  title=f"{name} on {dataset} ({problem.A.geometry.kind}, {geom.n_views} views)",
+                  voxel_mm=float(vox[2]), psnr=fin.get("psnr"), ssim=fin.get("ssim"))
+    marks = {}
+    if "peak" in summary:
+        marks["peak"] = (summary["peak"]["iter"], summary["peak"]["psnr"])
+    if "early_stop" in summary and summary["early_stop"].get("psnr") is not None:
+        marks["early stop"] = (summary["early_stop"]["iter"], summary["early_stop"]["psnr"])
+    plots.psnr_curve(run.file("psnr.png"), rows, title=f"{name} on {dataset}", marks=marks)
+
+    out = RunSummary(path=run_path, summary=summary, config=config)
+    if json_out:
+        sys.stdout.write(json.dumps(run.read_summary(), indent=2) + "\n")
+        sys.stdout.flush()
+    elif not quiet:
+        print_summary(out)
+    return out
+
+
+def print_summary(rs: RunSummary) -> None:
+    """A short rich summary on stdout (plain text when stdout is not a terminal)."""
+    from rich.console import Console
+
+    s = rs.summary
+    con = Console(highlight=False)
+    line = f"[bold]{s['method']}[/bold] on {s.get('dataset', '')}: {s.get('iterations')} iteration(s) in " \
+           f"{s['wall_time_s']:.1f} s"
+    con.print(line)
+    if "final" in s:
+        con.print(f"  final  PSNR {s['final']['psnr']:.2f} dB  SSIM {s['final']['ssim']:.4f}")
+        if "peak" in s:
+            con.print(f"  peak   PSNR {s['peak']['psnr']:.2f} dB at iteration {s['peak']['iter']}")
+        if s.get("early_stop", {}).get("psnr") is not None:
+            es = s["early_stop"]
+            con.print(f"  early stop PSNR {es['psnr']:.2f} dB at iteration {es['iter']}")
+        if "fbp" in s:
+            con.print(f"  (FBP/FDK PSNR {s['fbp']['psnr']:.2f} dB)")
+    con.print(f"  recon:   {rs.recon_path}")
+    con.print(f"  preview: {rs.preview_path}")
