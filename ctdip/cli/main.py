@@ -58,7 +58,9 @@ def error_line(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (2 for user mistakes)."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:  # typer.Exit(code) is returned, not raised, here
+            return rc
     except UserError as e:
         error_line(e.one_line())
         return 2
