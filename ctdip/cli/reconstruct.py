@@ -1,0 +1,126 @@
+"""``ctdip reconstruct SCAN --method NAME``: one scan folder -> one run folder.
+
+Exit codes: 0 ok, 2 user mistake, 3 time limit reached (checkpoint written), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ctdip.errors import UserError
+
+# named options that map to method params of the same name (dashes -> underscores)
+METHOD_OPTIONS = ("iterations", "lr", "input", "network", "tv_weight", "weights", "denoiser", "force",
+                  "log_every", "checkpoint_every")
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``--set key=value`` pairs; values are YAML-parsed (``1e-3`` -> float, ``[1, 2]`` -> list)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        if not k:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            out[k] = yaml.safe_load(v) if v.strip() else None
+        except yaml.YAMLError:
+            out[k] = v
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("reconstruct")
+    def reconstruct_cmd(
+        scan: Optional[Path] = typer.Argument(None, help="Scan folder (ctdip or walnut layout). Not needed with --resume."),
+        method: Optional[str] = typer.Option(None, "--method", "-m", help="fbp, cgls, pdhg-tv, vanilla, tv, edip, ... (default fbp)"),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<time>_<method>_<scan>)."),
+        setup: Optional[str] = typer.Option(None, "--setup", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it."),
+        angles: Optional[int] = typer.Option(None, "--angles", help="Use K equispaced views of the scan."),
+        bin_: Optional[int] = typer.Option(None, "--bin", help="Detector binning B (columns in 2D, rows and columns in 3D)."),
+        slice_: Optional[str] = typer.Option(None, "--slice", help="Volume slice for 2D: index, 'mid', or offset like +3."),
+        mode: Optional[str] = typer.Option(None, "--mode", help="2d (one slice, default) or 3d."),
+        size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N (same field of view)."),
+        orbit: Optional[int] = typer.Option(None, "--orbit", help="Walnut layout: source position 1, 2 (default) or 3."),
+        iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Iterations (method param)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (DIP methods)."),
+        input_: Optional[str] = typer.Option(None, "--input", help="Network input: noise, fbp, adjoint or learnable."),
+        network: Optional[str] = typer.Option(None, "--network", help="Network preset name or YAML file."),
+        tv_weight: Optional[float] = typer.Option(None, "--tv-weight", help="TV weight (pdhg-tv, tv, ...)."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (EDIP)."),
+        denoiser: Optional[str] = typer.Option(None, "--denoiser", help="Denoiser: FILE, tv or bm3d."),
+        force: Optional[bool] = typer.Option(None, "--force", help="Method param 'force' (e.g. accept mismatched weights)."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i]."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="Operator backend: auto, matrix, torch, astra-cuda."),
+        holdout: Optional[float] = typer.Option(None, "--holdout", help="Fraction of views held out (no-reference quality signal)."),
+        stop_early: bool = typer.Option(False, "--stop-early", help="End DIP runs at the ES-WMV early-stopping point."),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in RUN_DIR (needs nothing else)."),
+        time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Seconds or HH:MM:SS; exit 3 after a checkpoint."),
+        log_every: Optional[int] = typer.Option(None, "--log-every", help="Metrics row every N iterations."),
+        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N iterations."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+        json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+    ) -> None:
+        """Reconstruct a scan folder into a run folder (recon.tif, metrics.csv, summary.json, previews)."""
+        from ctdip.data.loader import load_setup
+        from ctdip.reconstruct import reconstruct, resume_settings
+
+        named = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
+                 "weights": None if weights is None else str(weights), "denoiser": denoiser, "force": force,
+                 "log_every": log_every, "checkpoint_every": checkpoint_every}
+        params = {k: v for k, v in named.items() if v is not None}
+        params.update(parse_set(set_))
+        scan_opts = {k: v for k, v in {"angles": angles, "bin": bin_, "slice": slice_, "mode": mode, "size": size,
+                                       "orbit": orbit}.items() if v is not None}
+        extra: dict = {}
+        if resume is not None:
+            cfg = resume_settings(resume)
+            if output is not None and Path(output) != Path(resume):
+                raise UserError("--resume continues RUN_DIR in place; do not give a different -o")
+            method_ = method or cfg["method"]
+            if canonical(method_) != cfg["method"]:
+                raise UserError(f"--method {method_} does not match the run's method '{cfg['method']}'", path=resume)
+            params = {**(cfg.get("overrides") or {}), **params}
+            opts = {**((cfg.get("scan") or {}).get("options") or {}), **scan_opts}
+            scan_path = scan if scan is not None else Path(cfg["scan"]["folder"])
+            seed_ = seed if seed is not None else int(cfg.get("seed", 0))
+            backend_ = backend or cfg.get("backend_requested") or "auto"
+            holdout_ = holdout if holdout is not None else float(cfg.get("holdout", 0.0))
+            stop_early_ = stop_early or bool(cfg.get("stop_early", False))
+            extra["setup"] = cfg.get("setup")
+            out = resume
+        else:
+            if scan is None:
+                raise UserError("missing SCAN folder (or --resume RUN_DIR)")
+            opts = {}
+            method_ = method
+            if setup is not None:
+                st = load_setup(setup)
+                opts.update(st["scan"])
+                params = {**st["params"], **params}
+                method_ = method_ or st.get("method")
+                extra["setup"] = st["name"]
+            opts.update(scan_opts)
+            method_ = method_ or "fbp"
+            scan_path, seed_, backend_ = scan, (0 if seed is None else seed), backend or "auto"
+            holdout_, stop_early_, out = (holdout or 0.0), stop_early, output
+        extra["backend_requested"] = backend_
+        extra["command"] = "ctdip reconstruct"
+        reconstruct(scan_path, method_, params, out, seed=seed_, device=device or "auto", backend=backend_,
+                    holdout=holdout_, resume=resume is not None, time_limit=time_limit, stop_early=stop_early_,
+                    quiet=quiet, json_out=json_out, config_extra=extra, scan_options=opts)
+
+
+def canonical(name: str) -> str:
+    from ctdip.reconstruct import canonical_method
+
+    return canonical_method(name)
