@@ -6,8 +6,9 @@ specimen is classified:
 
 * ``done``: its run folder is finished (``RunFolder.is_finished``: summary.json + recon.tif);
   skipped, so re-running the same command after a crash only does what is left;
-* ``resume``: the run folder exists with a checkpoint: the driver continues it (``resume=True``),
-  to the same result as an uninterrupted run with the same seed;
+* ``resume``: the run folder was started (config.yaml, usually a checkpoint) but not finished:
+  the driver continues it (``resume=True``), to the same result as an uninterrupted run with the
+  same seed (classical methods simply run again);
 * ``new``: everything else.
 
 Executors:
@@ -106,8 +107,8 @@ def _classify(run_dir: Path) -> str:
     run = RunFolder(run_dir)
     if run.is_finished():
         return "done"
-    if run.file("checkpoint.pt").exists():
-        return "resume"
+    if run.file("checkpoint.pt").exists() or run.file("config.yaml").exists():
+        return "resume"  # the driver continues from the checkpoint (or restarts a classical method)
     return "new"
 
 
@@ -151,6 +152,8 @@ def _driver_kwargs(scan_options: dict | None, options: dict | None) -> dict:
 
 
 def _plain_summary(summary: Any) -> dict:
+    """The scalar entries of a run's summary (``RunSummary.summary`` or a dict), picklable."""
+    summary = getattr(summary, "summary", summary)
     if not isinstance(summary, dict):
         return {}
     out = {}
@@ -505,7 +508,9 @@ def _run_submitit(todo, method, params, scan_options, options, cluster, slurm_op
     ex = make_executor(folder, cluster, slurm_opts, job_name=f"ctdip-{method}")
     threads = slurm_opts.cpus
     n = len(todo)
-    jobs = ex.map_array(run_specimen, [str(s.scan) for s in todo], [str(s.run_dir) for s in todo], [method] * n,
+    # absolute paths: Slurm tasks may start in another working directory
+    jobs = ex.map_array(run_specimen, [str(s.scan.resolve()) for s in todo], [str(s.run_dir.resolve()) for s in todo],
+                        [method] * n,
                         [params] * n, [scan_options] * n, [options] * n, [threads] * n,
                         [s.state == "resume" for s in todo])
     for s, j in zip(todo, jobs):
@@ -517,7 +522,10 @@ def _run_submitit(todo, method, params, scan_options, options, cluster, slurm_op
     t_start = time.time() - 1.0
     while pending:
         for j, s in list(pending.items()):
-            if j.done():
+            if cluster == "debug" and s.state == "queued":  # debug jobs run in-process on result()
+                s.state, s.started = "running", time.time()
+                prog.update()
+            if cluster == "debug" or j.done():
                 try:
                     res = j.result()
                 except Exception as e:  # job-level failure: timeout, node failure, cancelled
@@ -547,7 +555,7 @@ def _touched_since(run_dir: Path, t: float) -> bool:
 
 def summary_rows(specs: list[Specimen]) -> list[dict]:
     """Evaluate-style rows for every finished run (failures get a row with their error)."""
-    from ctdip.evaluate import evaluate_entry, load_entry, run_reference, read_volume
+    from ctdip.evaluate import evaluate_entry, load_entry, run_reference
 
     rows = []
     for s in specs:
@@ -557,11 +565,8 @@ def summary_rows(specs: list[Specimen]) -> list[dict]:
         try:
             e = load_entry(s.run_dir)
             e.name = s.name
-            ref_path = run_reference(e)
-            ref = read_volume(ref_path) if ref_path is not None else None
-            if ref is not None and ref.shape != e.recon.shape:
-                ref = None  # the run used a resampled reference; keep the run's own numbers
-            rows.append(evaluate_entry(e, ref))
+            found = run_reference(e)
+            rows.append(evaluate_entry(e, None if found is None else found[0]))
         except UserError as err:
             rows.append({"name": s.name, "method": None, "error": err.one_line()})
     return rows

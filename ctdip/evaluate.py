@@ -121,25 +121,23 @@ def reference_file(path: str | Path) -> Path:
 
 
 def _scan_path_from_config(cfg: dict) -> Path | None:
-    """The scan folder a run was made from, as recorded in its config.yaml (several spellings)."""
+    """The scan folder a run was made from, as recorded in its config.yaml (``scan.folder``)."""
     cands: list[Any] = []
     scan = cfg.get("scan")
     if isinstance(scan, dict):
-        cands += [scan.get("path"), scan.get("source"), scan.get("folder")]
+        cands += [scan.get("folder"), scan.get("path")]
     else:
         cands.append(scan)
-    data = cfg.get("data")
-    if isinstance(data, dict):
-        cands += [data.get("path"), data.get("scan")]
-    cands += [cfg.get("scan_path"), cfg.get("dataset_path")]
     for c in cands:
         if isinstance(c, str) and c:
             return Path(c)
     return None
 
 
-def run_reference(entry: Entry) -> Path | None:
-    """The reference of a run's own scan (``<scan>/reference.tif``) when it exists."""
+def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
+    """The reference a run was scored against: ``<scan>/reference.tif`` when its shape matches
+    the reconstruction, else the scan re-read with the run's scan options (``--slice``, ``--size``
+    resample the reference exactly as during the run). None when the scan has no reference."""
     if entry.kind != "run":
         return None
     scan = _scan_path_from_config(entry.config)
@@ -147,10 +145,24 @@ def run_reference(entry: Entry) -> Path | None:
         return None
     if not scan.is_absolute() and not scan.exists():
         scan = entry.path / scan
-    for name in ("reference.tif", "reference.tiff", "reference.npy"):
-        if (scan / name).exists():
-            return scan / name
-    return None
+    if not scan.is_dir():
+        return None
+    direct = next((scan / n for n in ("reference.tif", "reference.tiff", "reference.npy") if (scan / n).exists()), None)
+    if direct is not None:
+        ref = read_volume(direct)
+        if ref.shape == entry.recon.shape:
+            return ref, direct
+    opts = (entry.config.get("scan") or {}).get("options") if isinstance(entry.config.get("scan"), dict) else None
+    try:
+        from ctdip.data.loader import load_scan
+
+        sc = load_scan(scan, **{k: v for k, v in dict(opts or {}).items() if v is not None})
+    except (UserError, TypeError, ImportError):
+        return None
+    if sc.reference is None:
+        return None
+    ref = np.asarray(sc.reference, dtype=np.float32).reshape(-1, *np.shape(sc.reference)[-2:])
+    return (ref, scan) if ref.shape == entry.recon.shape else None
 
 
 def load_entry(path: str | Path) -> Entry:
@@ -227,6 +239,12 @@ def _first(d: dict, *keys: str) -> Any:
     return None
 
 
+def _sub(d: dict, key: str, sub: str) -> Any:
+    """``d[key][sub]`` when present (summary.json nests peak/final/early_stop numbers)."""
+    v = d.get(key)
+    return v.get(sub) if isinstance(v, dict) else None
+
+
 def evaluate_entry(entry: Entry, reference: np.ndarray | None, mask: str | None = None,
                    reference_path: Path | None = None) -> dict:
     """One evaluation row (see module docstring for the columns)."""
@@ -239,8 +257,8 @@ def evaluate_entry(entry: Entry, reference: np.ndarray | None, mask: str | None 
         row["psnr"] = metrics.psnr(entry.recon, reference, mask=m)
         row["ssim"] = metrics.ssim(entry.recon, reference, mask=m)
     elif entry.kind == "run":  # the run's own numbers, when it had a reference
-        row["psnr"] = _first(s, "psnr", "returned_psnr")
-        row["ssim"] = _first(s, "ssim", "returned_ssim")
+        row["psnr"] = _sub(s, "final", "psnr")
+        row["ssim"] = _sub(s, "final", "ssim")
     its, ps = curve(entry)
     if len(ps):
         i = int(np.argmax(ps))
@@ -249,21 +267,22 @@ def evaluate_entry(entry: Entry, reference: np.ndarray | None, mask: str | None 
         row["steady_psnr"] = metrics.steady_psnr(ps)
         row["rise_time"] = metrics.rise_time(its, ps, row["steady_psnr"])
     elif entry.kind == "run":
-        row["peak_psnr"], row["peak_iter"] = _first(s, "peak_psnr"), _first(s, "peak_iter")
-        row["final_psnr"] = _first(s, "final_psnr")
+        row["peak_psnr"], row["peak_iter"] = _sub(s, "peak", "psnr"), _sub(s, "peak", "iter")
     if entry.kind == "run":
-        es_iter = _first(s, "es_iter", "early_stop_iter")
+        es_iter = _sub(s, "early_stop", "iter")
+        if es_iter is None:
+            es_iter = _first(s, "es_iter")
         row["es_iter"] = None if es_iter is None else int(es_iter)
         if reference is not None and entry.recon_es is not None:
             row["es_psnr"] = metrics.psnr(entry.recon_es, reference, mask=_mask_for(mask, reference.shape))
         elif es_iter is not None and len(ps) and int(es_iter) in set(its.tolist()):
             row["es_psnr"] = float(ps[list(its).index(int(es_iter))])
         else:
-            row["es_psnr"] = _first(s, "es_psnr", "early_stop_psnr")
-        row["final_iter"] = row["final_iter"] if row["final_iter"] is not None else _first(s, "iterations", "final_iter")
+            row["es_psnr"] = _sub(s, "early_stop", "psnr")
+        row["final_iter"] = row["final_iter"] if row["final_iter"] is not None else _first(s, "iterations")
         h_its, h = curve(entry, "holdout")
-        row["holdout"] = float(h[-1]) if len(h) else _first(s, "holdout", "holdout_residual")
-        wall = _first(s, "wall_s", "wall_time_s", "time_s")
+        row["holdout"] = float(h[-1]) if len(h) else None
+        wall = _first(s, "wall_time_s", "wall_s")
         if wall is None:
             t_its, t = curve(entry, "time_s")
             wall = float(t[-1]) if len(t) else None
@@ -295,8 +314,11 @@ def evaluate(paths: Sequence[str | Path], reference: str | Path | None = None, m
     global_ref = reference_file(reference) if reference is not None else None
     rows, refs = [], {}
     for e in entries:
-        rp = global_ref if global_ref is not None else run_reference(e)
-        ref = ref_of(rp)
+        if global_ref is not None:
+            rp, ref = global_ref, ref_of(global_ref)
+        else:
+            found = run_reference(e)
+            ref, rp = found if found is not None else (None, None)
         e.reference_path = rp
         rows.append(evaluate_entry(e, ref, mask, rp))
         if ref is not None:

@@ -35,7 +35,7 @@ def _make_run(path, recon, method="tv", psnrs=None, summary=None, config=None, e
     if psnrs is not None:
         r.write_metrics([{"iter": 10 * i, "loss": 1.0, "psnr": p, "holdout": 0.5 / (i + 1), "time_s": 0.1 * i}
                          for i, p in enumerate(psnrs)])
-    r.write_summary(summary or {"method": method, "es_iter": 30, "wall_s": 12.5})
+    r.write_summary(summary or {"method": method, "early_stop": {"iter": 30}, "wall_time_s": 12.5})
     return r.path
 
 
@@ -104,7 +104,7 @@ def test_curve_statistics(runs):
 def test_runs_without_reference_report_what_they_can(tmp_path):
     ref = _phantom(32)
     p = _make_run(tmp_path / "r", ref * 0.9, "cgls", [10.0, 12.0, 11.0],
-                  summary={"method": "cgls", "psnr": 31.2, "ssim": 0.9, "wall_s": 1.0})
+                  summary={"method": "cgls", "final": {"psnr": 31.2, "ssim": 0.9}, "wall_time_s": 1.0})
     rows, entries, refs = evaluate([p])
     assert refs == {}
     assert rows[0]["psnr"] == pytest.approx(31.2) and rows[0]["peak_psnr"] == pytest.approx(12.0)
@@ -117,7 +117,7 @@ def test_reference_from_run_config(tmp_path):
     scan = tmp_path / "scan"
     ref = _phantom(32)
     write_tiff(scan / "reference.tif", ref)
-    p = _make_run(tmp_path / "r", ref + 0.05, "fbp", None, config={"method": "fbp", "scan": {"path": str(scan)}})
+    p = _make_run(tmp_path / "r", ref + 0.05, "fbp", None, config={"method": "fbp", "scan": {"folder": str(scan)}})
     rows, _, refs = evaluate([p])
     assert "r" in refs
     assert rows[0]["psnr"] == pytest.approx(10 * np.log10(float(ref.max() - ref.min()) ** 2 / 0.05**2), abs=1e-3)

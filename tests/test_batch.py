@@ -1,0 +1,147 @@
+"""`ctdip batch`: local pool over simulated specimens (runs, summary, skip, failure), resume,
+Slurm through submitit (debug executor, and the sbatch script submitted to a stand-in sbatch)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+
+import numpy as np
+import pytest
+
+from ctdip.batch import (SlurmOptions, parse_mem_gb, parse_time_minutes, plan, run_batch, run_specimen,
+                         slurm_parameters)
+from ctdip.errors import UserError
+from ctdip.runs import RunFolder
+
+
+@pytest.fixture(scope="module")
+def specimens(tmp_path_factory):
+    """Three small simulated fan-beam scans (32 px, 20 views) and one with a truncated TIFF."""
+    from ctdip.data.simulate import simulate
+
+    root = tmp_path_factory.mktemp("specimens")
+    for i in range(3):
+        simulate(root / f"s{i}", phantom="walnut", geometry="fan", angles=20, size=32, noise=0.05, seed=i)
+    bad = root / "bad"
+    simulate(bad, phantom="walnut", geometry="fan", angles=20, size=32, noise=0.05, seed=9)
+    data = (bad / "projections.tif").read_bytes()
+    (bad / "projections.tif").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def test_local_batch_runs_skips_and_reports_failures(specimens, tmp_path, run_cli, capsys):
+    scans = [specimens / n for n in ("s0", "s1", "bad", "s2")]
+    out = tmp_path / "runs"
+    code = run_cli("batch", *scans, "--method", "fbp", "-o", out, "--jobs", "2")
+    cap = capsys.readouterr()
+    assert code == 1  # one failure, listed
+    assert "1 of 4 specimen(s) failed" in cap.err and "bad: " in cap.err and "projections.tif" in cap.err
+    for n in ("s0", "s1", "s2"):
+        assert RunFolder(out / n).is_finished()
+    assert not RunFolder(out / "bad").is_finished()
+    lines = (out / "batch_summary.csv").read_text().splitlines()
+    assert lines[0].startswith("name,method,psnr") and len(lines) == 4
+    psnrs = [float(line.split(",")[2]) for line in lines[1:]]
+    assert all(15 < p < 40 for p in psnrs)  # scored against each specimen's own reference
+    # the summary reproduces the run's own final PSNR
+    s0 = RunFolder(out / "s0").read_summary()
+    assert psnrs[0] == pytest.approx(s0["final"]["psnr"], abs=1e-3)
+    assert "s0" in cap.out and "fbp" in cap.out  # the final table on stdout
+
+    # second call: the finished specimens are skipped (untouched), the corrupted one fails again
+    mtime = (out / "s1" / "recon.tif").stat().st_mtime_ns
+    stream = io.StringIO()
+    res = run_batch([specimens / "s0", specimens / "s1", specimens / "s2"], "fbp", out, jobs=2, live=False,
+                    stream=stream)
+    assert [s.state for s in res.specimens] == ["done"] * 3 and not res.failures
+    assert "finished before, skipped" in stream.getvalue()
+    assert (out / "s1" / "recon.tif").stat().st_mtime_ns == mtime
+    assert len(res.rows) == 3 and res.rows[1]["psnr"] == pytest.approx(psnrs[1], abs=1e-6)
+
+
+def test_unfinished_run_is_resumed(specimens, tmp_path):
+    out = tmp_path / "runs"
+    r = run_specimen(str(specimens / "s0"), str(out / "s0"), "cgls", {"iterations": 5})
+    assert r["ok"], r
+    (out / "s0" / "summary.json").unlink()  # as if killed before the end
+    specs = plan([specimens / "s0", specimens / "s1"], out)
+    assert [s.state for s in specs] == ["resume", "new"]
+    res = run_batch([specimens / "s0"], "cgls", out, params={"iterations": 5}, executor="debug", live=False,
+                    stream=io.StringIO())
+    assert res.specimens[0].state == "finished", res.specimens[0].error
+    assert RunFolder(out / "s0").read_config().get("resumed") == 1
+
+
+def test_slurm_path_with_submitit_debug_executor(specimens, tmp_path):
+    pytest.importorskip("submitit")
+    import submitit
+
+    out = tmp_path / "runs"
+    opts = SlurmOptions(partition="gpu", time="00:30:00", gpus=1, mem="8G", cpus=2, array_parallelism=2)
+    res = run_batch([specimens / "s0", specimens / "s2"], "fbp", out, executor="debug", slurm=opts, live=False,
+                    stream=io.StringIO())
+    assert len(res.jobs) == 2 and all(isinstance(j, submitit.local.debug.DebugJob) for j in res.jobs)
+    sub = res.jobs[0].submission()
+    assert sub.function is run_specimen
+    assert sub.args[:3] == (str((specimens / "s0").resolve()), str((out / "s0").resolve()), "fbp")
+    # a Slurm time limit makes each run checkpoint and stop 5 minutes before it
+    assert sub.args[5]["time_limit"] == pytest.approx(25 * 60)
+    assert sub.args[6] == 2  # torch threads = --cpus
+    assert [s.state for s in res.specimens] == ["finished", "finished"]
+    assert RunFolder(out / "s2").is_finished() and len(res.rows) == 2
+
+
+def _fake_slurm_bin(tmp_path):
+    """Stand-ins for srun/sbatch: sbatch records the script it was given and answers like Slurm."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{tmp_path}/submitted.sh"\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for f in ("sbatch", "srun"):
+        (bin_dir / f).chmod((bin_dir / f).stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def test_sbatch_parameters_submitted(specimens, tmp_path, monkeypatch, run_cli, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", f"{_fake_slurm_bin(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "runs"
+    code = run_cli("batch", specimens / "s0", specimens / "s1", specimens / "s2", "--method", "fbp",
+                   "--executor", "slurm", "-o", out, "--partition", "gpu-a100", "--time", "1:30:00", "--gpus", "1",
+                   "--mem", "16G", "--cpus", "4", "--array-parallelism", "2", "--slurm-setup", "module load cuda",
+                   "--no-wait")
+    assert code == 0, capsys.readouterr().err
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --partition=gpu-a100", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --mem=16GB", "#SBATCH --cpus-per-task=4", "#SBATCH --array=0-2%2",
+                 "#SBATCH --job-name=ctdip-fbp", "#SBATCH --nodes=1", "module load cuda"):
+        assert line in script, line
+    assert "submitit.core._submit" in script and str(out / "slurm") in script
+    import json
+
+    status = json.loads((out / "batch_status.json").read_text())
+    assert [s["job_id"] for s in status] == ["4242_0", "4242_1", "4242_2"]
+    assert all(s["state"] == "queued" for s in status)
+
+
+def test_slurm_option_parsing_and_errors(tmp_path, monkeypatch):
+    assert parse_time_minutes("90") == 90 and parse_time_minutes("01:30:00") == 90
+    assert parse_time_minutes("1-00:00") == 1440 and parse_time_minutes("10:30") == 11
+    assert parse_mem_gb("16G") == 16 and parse_mem_gb("512M") == 0.5 and parse_mem_gb("1T") == 1024
+    p = slurm_parameters(SlurmOptions(partition="p", time="2:00:00", gpus=2, mem="1.5G", array_parallelism=3), "j")
+    assert p == {"name": "j", "nodes": 1, "tasks_per_node": 1, "timeout_min": 120, "gpus_per_node": 2,
+                 "slurm_mem": "1536M", "slurm_partition": "p", "slurm_array_parallelism": 3}
+    with pytest.raises(UserError, match="not a Slurm time"):
+        parse_time_minutes("1h")
+    with pytest.raises(UserError, match="not a memory size"):
+        parse_mem_gb("lots")
+    with pytest.raises(UserError, match="unknown method"):
+        run_batch([tmp_path], "no-such-method", tmp_path / "o")
+    with pytest.raises(UserError, match="no such scan folder"):
+        plan([tmp_path / "missing"], tmp_path / "o")
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(UserError, match=r"pip install 'ctdip\[slurm\]'"):
+        run_batch([tmp_path], "fbp", tmp_path / "o", executor="slurm", live=False, stream=io.StringIO())
