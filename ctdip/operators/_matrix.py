@@ -159,9 +159,14 @@ def load_or_build(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: 
 
 
 def _to_torch_csr(M: sp.csr_matrix, device: torch.device) -> torch.Tensor:
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(M.indptr.astype(np.int64)), torch.from_numpy(M.indices.astype(np.int64)),
-        torch.from_numpy(M.data), size=M.shape, dtype=torch.float32, device=device)
+    import warnings
+
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" / invariant-check notices
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(M.indptr.astype(np.int64)), torch.from_numpy(M.indices.astype(np.int64)),
+            torch.from_numpy(M.data), size=M.shape, dtype=torch.float32, device=device,
+            check_invariants=False)
 
 
 class MatrixRayTransform:
