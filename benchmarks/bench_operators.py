@@ -1,0 +1,121 @@
+"""Time A and A^T per backend against ASTRA's CPU create_sino / create_backprojection.
+
+Fan beam, 60 views over 360 degrees, n x n grids (n = 128, 256, 512) covering the field of view,
+detector of 2n pixels. Each timing is the median of several repetitions after one warm-up call;
+matrix build times (ASTRA projector -> CSR, uncached) are reported separately.
+
+    .venv/bin/python benchmarks/bench_operators.py [--sizes 128 256 512] [--threads 2]
+
+writes benchmarks/results/operators.md (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _time(fn, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--views", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "operators.md"))
+    args = ap.parse_args(argv)
+    os.environ.setdefault("CTDIP_CACHE_DIR", tempfile.mkdtemp(prefix="ctdip-bench-"))
+
+    import astra
+    import torch
+
+    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.operators import RayTransform
+    from ctdip.operators._matrix import MatrixRayTransform, build_matrix
+    from ctdip.runs import atomic_write_text
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for n in args.sizes:
+        g = ProjectionGeometry.circular("fan", np.linspace(0, 2 * np.pi, args.views, endpoint=False), 2 * n,
+                                        pixel_mm=1.0, source_origin_mm=2.0 * n, source_detector_mm=4.0 * n)
+        vol = VolumeGeometry.fov(g, n)
+        rng = np.random.default_rng(0)
+        x_np = rng.random((n, n), dtype=np.float32)
+        y_np = rng.random((args.views, 2 * n), dtype=np.float32)
+        x = torch.from_numpy(x_np)[None]
+        y = torch.from_numpy(y_np)[:, None]
+        reps = 5 if n <= 256 else 3
+        res: dict[str, tuple[float, float]] = {}
+        # ASTRA CPU, one call each (what a user would do without a matrix)
+        pid = astra.create_projector("line_fanflat", g.to_astra(2), vol.to_astra(2))
+
+        def a_fp():
+            sid, _ = astra.create_sino(x_np, pid)
+            astra.data2d.delete(sid)
+
+        def a_bp():
+            bid, _ = astra.create_backprojection(y_np, pid)
+            astra.data2d.delete(bid)
+
+        res["ASTRA CPU create_sino / create_backprojection"] = (_time(a_fp, reps), _time(a_bp, reps))
+        t0 = time.perf_counter()
+        M = build_matrix(g, vol, "line_fanflat", progress=False)
+        build_s = time.perf_counter() - t0
+        nnz = M.nnz
+        del M
+        for engine in ("scipy", "torch"):
+            op = MatrixRayTransform(g, vol, torch.device("cpu"), engine=engine)
+            res[f"matrix ({engine} CSR product)"] = (_time(lambda: op.forward(x[None]), reps),
+                                                     _time(lambda: op.adjoint(y[None]), reps))
+            del op
+        A = RayTransform(g, vol, backend="torch")
+        r = 1 if n >= 512 else 2
+        res["torch (ray marching, autograd adjoint)"] = (_time(lambda: A(x), r), _time(lambda: A.T(y), r))
+        astra.projector.delete(pid)
+        base = res["ASTRA CPU create_sino / create_backprojection"]
+        for name, (tf, tb) in res.items():
+            rows.append(f"| {n}² | {name} | {tf * 1e3:.1f} | {tb * 1e3:.1f} | {base[0] / tf:.2f}× | {base[1] / tb:.2f}× |")
+        rows.append(f"| {n}² | matrix build (uncached, {nnz / 1e6:.1f} M non-zeros) | {build_s * 1e3:.0f} | | | |")
+        print(rows[-len(res) - 1:], file=sys.stderr, flush=True)
+
+    cpu = platform.processor() or platform.machine()
+    text = "\n".join([
+        "# Operator timings: fan beam, 60 views",
+        "",
+        f"Command: `.venv/bin/python benchmarks/bench_operators.py --sizes {' '.join(map(str, args.sizes))} "
+        f"--views {args.views} --threads {args.threads}`",
+        "",
+        f"Machine: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs "
+        f"(shared with other jobs while measuring), torch {torch.__version__} with {args.threads} threads, "
+        f"ASTRA {astra.__version__} (CPU `line_fanflat`). Median wall time per call of a single (unbatched) "
+        "image/sinogram after a warm-up; speed-up = ASTRA time / backend time.",
+        "",
+        "| grid | backend | A (ms) | Aᵀ (ms) | A speed-up vs ASTRA | Aᵀ speed-up vs ASTRA |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ])
+    atomic_write_text(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
