@@ -438,3 +438,124 @@ def plot_eigenimages(res: dict, path: str | Path, max_images: int = 8) -> None:
     fig.tight_layout()
     _save_fig(fig, Path(path))
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# runs and weight files
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Subject:
+    """A network at its parameters, its input and the problem whose operator it is analysed with."""
+
+    net: torch.nn.Module
+    z: torch.Tensor
+    problem: object  # ctdip.problem.Problem
+    source: Path
+    info: dict = field(default_factory=dict)
+
+
+def load_subject(source: str | Path, scan: str | Path | None = None, scan_options: dict | None = None,
+                 device: str = "cpu", input_kind: str = "fbp", seed: int = 0, backend: str | None = None) -> Subject:
+    """Network, input and problem for ``ctdip spectrum``.
+
+    ``source`` is a DIP run folder (its ``checkpoint.pt`` holds ``network_arch``, ``network`` and
+    the input ``z``; the scan folder, scan options, backend and held-out views come from its
+    config.yaml, ``scan``/``scan_options`` override them) or a weights file of ``ctdip pretrain``
+    (then ``scan`` is required and the input is the FBP of the scan, as in EDIP, or seeded noise
+    with ``input_kind="noise"``).
+    """
+    from ctdip.data.loader import load_scan
+    from ctdip.networks import build_network
+    from ctdip.networks.weights import build_from_weights, load_weights
+    from ctdip.problem import Problem
+    from ctdip.runs import RunFolder
+
+    source = Path(source)
+    info: dict = {"source": str(source)}
+    holdout = 0.0
+    opts: dict = {}
+    z = None
+    if source.is_dir():
+        run = RunFolder(source)
+        try:
+            ck = run.load_checkpoint()
+        except Exception as e:  # unreadable / not weights_only-safe
+            raise UserError(f"cannot read checkpoint ({type(e).__name__})", path=run.file("checkpoint.pt")) from None
+        if not ck or "network_arch" not in ck or "network" not in ck:
+            raise UserError("no network checkpoint (spectrum needs a DIP run; classical methods have no network)",
+                            path=source)
+        cfg = run.read_config() if run.file("config.yaml").exists() else {}
+        sc = cfg.get("scan") if isinstance(cfg.get("scan"), dict) else {}
+        opts = dict(sc.get("options") or {})
+        holdout = float(cfg.get("holdout") or 0.0)
+        backend = backend or cfg.get("backend")
+        if scan is None:
+            if not sc.get("folder"):
+                raise UserError("run config names no scan folder; give --scan", path=run.file("config.yaml"))
+            scan = sc["folder"]
+        net = build_network(dict(ck["network_arch"]))
+        try:
+            net.load_state_dict(ck["network"])
+        except RuntimeError as e:
+            raise UserError(f"checkpoint does not match its architecture: {str(e).splitlines()[0]}",
+                            path=run.file("checkpoint.pt")) from None
+        z = ck.get("z")
+        info.update(kind="run", method=cfg.get("method"), iteration=ck.get("iteration"))
+    elif source.is_file():
+        obj = load_weights(source, kind="unet")
+        net = build_from_weights(obj, source)
+        info.update(kind="weights", geometry_key=obj.get("geometry_key"))
+        if scan is None:
+            raise UserError("--scan is required with a weights file (the operator A comes from the scan)", path=source)
+    else:
+        raise UserError("no such run folder or weights file", path=source)
+    opts.update({k: v for k, v in dict(scan_options or {}).items() if v is not None})
+    sc_obj = load_scan(scan, **opts)
+    problem = Problem.from_scan(sc_obj, backend=backend or "auto", device=device, holdout=holdout)
+    shape = (1, int(getattr(net, "in_channels", None) or _in_channels(net)), *problem.image_shape)
+    if z is None:
+        if input_kind == "fbp":
+            z = problem.to_image(problem.x_init).detach().expand(shape).contiguous()
+        elif input_kind == "noise":
+            z = 0.1 * torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+        else:
+            raise UserError(f"--input must be fbp or noise, got '{input_kind}'")
+        info["input"] = input_kind
+    z = z.float().to(problem.device)
+    if tuple(z.shape[2:]) != tuple(problem.image_shape):
+        raise UserError(f"network input {tuple(z.shape[2:])} does not match the scan's image grid "
+                        f"{tuple(problem.image_shape)} (same --size/--slice/--mode as the run?)", path=source)
+    info.update(scan=str(scan), scan_options=opts, image_shape=list(problem.image_shape))
+    return Subject(net=net.to(problem.device).eval(), z=z, problem=problem, source=source, info=info)
+
+
+def _in_channels(net: torch.nn.Module) -> int:
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            return m.in_channels
+    return 1
+
+
+def run_spectrum(subject: Subject, out_dir: str | Path, rank: int = 100, ntk_rank: int = 16, oversample: int = 10,
+                 power_iters: int = 1, seed: int = 0, chunk: int | None = 16) -> tuple[dict, dict[str, Path]]:
+    """Analyse ``subject`` and write ``spectrum.npz``, ``spectrum.png``, ``eigenimages.png`` and
+    ``spectrum.txt`` (the summary lines) into ``out_dir``. Returns (results, written paths)."""
+    from ctdip.runs import atomic_write_text
+
+    p = subject.problem
+    res = analyse_network(subject.net, subject.z, op=p.forward, op_adjoint=p.adjoint, rank=rank, ntk_rank=ntk_rank,
+                          oversample=oversample, power_iters=power_iters, seed=seed, chunk=chunk,
+                          image_shape=tuple(p.image_shape))
+    out = Path(out_dir)
+    files = {"npz": out / "spectrum.npz", "spectrum": out / "spectrum.png", "eigenimages": out / "eigenimages.png",
+             "text": out / "spectrum.txt"}
+    res["source"] = np.array(str(subject.source))
+    res["measurement_shape"] = np.array(tuple(p.y.shape))
+    save_npz(res, files["npz"])
+    plot_spectrum(res, files["spectrum"], title=f"{subject.source.name}: {int(res['n_params'])} parameters")
+    if ntk_rank:
+        plot_eigenimages(res, files["eigenimages"])
+    else:
+        del files["eigenimages"]
+    atomic_write_text(files["text"], "\n".join(summary_lines(res)) + "\n")
+    return res, files

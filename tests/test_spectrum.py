@@ -11,6 +11,15 @@ from ctdip.spectrum import (analyse_network, hoyer, network_function, parameter_
                             plot_spectrum, randomized_jacobian_svd, save_npz, summary_lines)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many tiny JVPs/VJPs: one thread is fastest (and fair on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _linear_net(n=6, h=8, m=40, seed=0):
     """f(W1, W2) = W2 W1 z: linear in the input, bilinear in the weights. Its Jacobian is known:
     d out_i / d W1[j, k] = W2[i, j] z_k and d out_i / d W2[a, j] = delta_ia (W1 z)_j."""
@@ -70,7 +79,7 @@ def test_unet_ntk_eigenvalues_match_explicit_jacobian(tmp_path):
 
     torch.manual_seed(0)
     net = build_network(network_preset("tiny")).eval()
-    z = torch.randn(1, 1, 16, 16)
+    z = torch.randn(1, 1, 12, 12)
     f, params = network_function(net, z)
     theta = torch.cat([p.reshape(-1) for p in params.values()])
     names, shapes = list(params), [p.shape for p in params.values()]
@@ -83,9 +92,9 @@ def test_unet_ntk_eigenvalues_match_explicit_jacobian(tmp_path):
             i += k
         return f(out).reshape(-1)
 
-    Jf = torch.func.jacrev(flat_f)(theta).double().numpy()  # (256, P)
+    Jf = torch.func.jacrev(flat_f)(theta).double().numpy()  # (144, P)
     ev_true = np.linalg.eigvalsh(Jf @ Jf.T)[::-1]
-    A = torch.randn(96, 256, generator=torch.Generator().manual_seed(1)) / 16
+    A = torch.randn(64, 144, generator=torch.Generator().manual_seed(1)) / 12
     s_true = np.linalg.svd(A.double().numpy() @ Jf, compute_uv=False)
     res = analyse_network(net, z, op=lambda x: x.reshape(x.shape[0], -1) @ A.T, rank=8, ntk_rank=4, power_iters=2)
     np.testing.assert_allclose(res["singular_values"][:4], s_true[:4], rtol=1e-3)  # top of the spectrum
@@ -93,7 +102,7 @@ def test_unet_ntk_eigenvalues_match_explicit_jacobian(tmp_path):
     np.testing.assert_allclose(res["ntk_eigenvalues"], ev_true[:4], rtol=2e-3)  # lambda = sigma^2: twice the error
     eig = res["ntk_eigenimages"].reshape(4, -1).astype(np.float64)
     np.testing.assert_allclose(eig @ eig.T, np.eye(4), atol=1e-4)
-    assert res["ntk_eigenimages"].shape == (4, 16, 16)
+    assert res["ntk_eigenimages"].shape == (4, 12, 12)
     np.testing.assert_allclose(res["group_shares"].sum(1), 1.0, atol=1e-9)
     np.testing.assert_allclose(res["layer_shares"].sum(1), 1.0, atol=1e-9)
     assert res["layer_names"][0] == "inc.0" and res["n_params"] == theta.numel()
@@ -107,3 +116,52 @@ def test_unet_ntk_eigenvalues_match_explicit_jacobian(tmp_path):
     plot_spectrum(res, tmp_path / "spectrum.png")
     plot_eigenimages(res, tmp_path / "eig.png")
     assert (tmp_path / "spectrum.png").stat().st_size > 5000 and (tmp_path / "eig.png").stat().st_size > 5000
+
+
+@pytest.fixture(scope="module")
+def scan32(tmp_path_factory):
+    from ctdip.data.simulate import simulate
+
+    root = tmp_path_factory.mktemp("scan")
+    simulate(root / "s", phantom="walnut", geometry="fan", angles=16, size=24, noise=0.0, seed=0)
+    return root / "s"
+
+
+def test_cli_on_run_checkpoint_and_weights_file(scan32, tmp_path, run_cli, capsys):
+    from ctdip.networks import build_network, network_preset
+    from ctdip.networks.weights import save_weights
+    from ctdip.runs import RunFolder
+
+    torch.manual_seed(0)
+    arch = network_preset("tiny")
+    net = build_network(arch)
+    run = RunFolder(tmp_path / "run").create()
+    run.write_config({"method": "vanilla", "scan": {"folder": str(scan32), "options": {}}, "holdout": 0.0})
+    z = 0.1 * torch.randn(1, 1, 24, 24)
+    run.save_checkpoint({"network_arch": arch, "network": net.state_dict(), "z": z, "iteration": 10})
+    assert run_cli("spectrum", run.path, "--rank", "4", "--ntk-rank", "2", "--oversample", "4") == 0
+    out = capsys.readouterr().out
+    assert "Hoyer sparsity" in out and "encoder share" in out
+    with np.load(run.path / "spectrum" / "spectrum.npz") as d:
+        s = d["singular_values"]
+        assert s.shape == (4,) and np.all(np.diff(s) <= 1e-9 * s[0])
+        assert d["ntk_eigenimages"].shape == (2, 24, 24) and d["left_vectors"].shape == (4, 16 * d["measurement_shape"][-1])
+        # sigma_1 of J = A J_f is at most ||A|| sigma_1(J_f) = ||A|| sqrt(lambda_1(NTK))
+        from ctdip.data.loader import load_scan
+        from ctdip.problem import Problem
+
+        opnorm = Problem.from_scan(load_scan(scan32)).opnorm
+        assert s[0] <= 1.01 * opnorm * np.sqrt(d["ntk_eigenvalues"][0])
+    for f in ("spectrum.png", "eigenimages.png", "spectrum.txt"):
+        assert (run.path / "spectrum" / f).stat().st_size > 100
+
+    save_weights(tmp_path / "w.pt", net.state_dict(), arch)
+    assert run_cli("spectrum", tmp_path / "w.pt", "--rank", "3", "--ntk-rank", "0") == 2
+    assert "--scan is required" in capsys.readouterr().err
+    assert run_cli("spectrum", tmp_path / "w.pt", "--scan", scan32, "--rank", "2", "--ntk-rank", "0",
+                   "--oversample", "2", "--power-iters", "0") == 0
+    assert (tmp_path / "w_spectrum" / "spectrum.npz").exists()
+    classical = RunFolder(tmp_path / "fbp").create()
+    classical.write_config({"method": "fbp", "scan": {"folder": str(scan32)}})
+    assert run_cli("spectrum", classical.path) == 2
+    assert "no network checkpoint" in capsys.readouterr().err

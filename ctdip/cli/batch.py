@@ -19,7 +19,7 @@ def parse_params(items: list[str] | None) -> dict:
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise UserError(f"--param '{it}' is not KEY=VALUE")
+            raise UserError(f"--set '{it}' is not KEY=VALUE")
         k, v = it.split("=", 1)
         try:
             out[k.strip()] = yaml.safe_load(v)
@@ -35,18 +35,26 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option(..., "--method", "-m", help="Reconstruction method (as for `ctdip reconstruct`)."),
         output: Optional[Path] = typer.Option(
             None, "--output", "-o", help="Parent folder of the run folders <output>/<scan name>/ [default: runs/batch_<method>]."),
-        param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter KEY=VALUE (repeatable)."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", "--param", "-p", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
+        iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Iterations (method param)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (DIP methods)."),
+        input_: Optional[str] = typer.Option(None, "--input", help="Network input: noise, fbp, adjoint or learnable."),
+        network: Optional[str] = typer.Option(None, "--network", help="Network preset name or YAML file."),
+        tv_weight: Optional[float] = typer.Option(None, "--tv-weight", help="TV weight (pdhg-tv, tv, ...)."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (EDIP)."),
         setup: Optional[str] = typer.Option(None, "--setup", help="Acquisition preset (presets/setups/NAME.yaml)."),
         angles: Optional[int] = typer.Option(None, "--angles", help="Use K equispaced views."),
         size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N."),
         slice_: Optional[str] = typer.Option(None, "--slice", help="Slice index (2D mode), 'mid' or +/-offset."),
         mode: Optional[str] = typer.Option(None, "--mode", help="2d (default) or 3d."),
         bin_: Optional[int] = typer.Option(None, "--bin", help="Detector binning."),
+        orbit: Optional[int] = typer.Option(None, "--orbit", help="Walnut layout: source position 1, 2 (default) or 3."),
         seed: int = typer.Option(0, "--seed", help="Seed for every specimen."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:i]."),
         backend: str = typer.Option("auto", "--backend", help="Projector backend."),
         holdout: float = typer.Option(0.0, "--holdout", help="Fraction of views held out for the residual."),
         stop_early: bool = typer.Option(False, "--stop-early", help="Stop each run at its early-stopping point."),
+        time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Per specimen: seconds or HH:MM:SS, then checkpoint (resumed next call)."),
         executor: str = typer.Option("local", "--executor", "-e", help="local (process pool) | slurm (submitit)."),
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Local: parallel specimens [default: cores // 4]."),
         partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition."),
@@ -70,12 +78,21 @@ def register(app: typer.Typer) -> None:
         if executor not in ("local", "slurm"):
             raise UserError(f"unknown executor '{executor}'; choose one of: local, slurm")
         out = output or Path("runs") / f"batch_{method}"
-        scan_options = {"setup": setup, "angles": angles, "size": size, "slice": slice_, "mode": mode, "bin": bin_}
+        scan_options = {"setup": setup, "angles": angles, "size": size, "slice": slice_, "mode": mode, "bin": bin_,
+                        "orbit": orbit}
         options = {"seed": seed, "device": device, "backend": backend, "holdout": holdout, "stop_early": stop_early}
+        if time_limit is not None:
+            from ctdip.reconstruct import parse_time_limit
+
+            options["time_limit"] = parse_time_limit(time_limit)
+        params = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
+                  "weights": None if weights is None else str(weights.resolve())}
+        params = {k: v for k, v in params.items() if v is not None}
+        params.update(parse_params(set_))
         slurm = SlurmOptions(partition=partition, time=time_, gpus=gpus, mem=mem, cpus=cpus,
                              array_parallelism=array_parallelism, account=account, qos=qos,
                              setup=list(slurm_setup or []))
-        res = run_batch(scans, method, out, params=parse_params(param), scan_options=scan_options, options=options,
+        res = run_batch(scans, method, out, params=params, scan_options=scan_options, options=options,
                         executor=executor, jobs=jobs, slurm=slurm, wait=wait)
         status = [{"specimen": s.name, "scan": str(s.scan), "run": str(s.run_dir), "state": s.state,
                    "error": s.error, "job_id": s.job_id, "elapsed_s": s.elapsed} for s in res.specimens]
