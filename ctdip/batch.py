@@ -506,15 +506,25 @@ def _run_submitit(todo, method, params, scan_options, options, cluster, slurm_op
     if not todo:
         return []
     ex = make_executor(folder, cluster, slurm_opts, job_name=f"ctdip-{method}")
+    adopted = _active_slurm_jobs(Path(folder).parent, todo) if cluster == "slurm" else {}
+    for s in todo:  # still queued or running from an earlier `--no-wait` call: follow, don't resubmit
+        if s.name in adopted:
+            s.state, s.job_id = "queued", str(adopted[s.name].job_id)
+    todo_adopted = [s for s in todo if s.name in adopted]
+    todo = [s for s in todo if s.name not in adopted]
     threads = slurm_opts.cpus
     n = len(todo)
     # absolute paths: Slurm tasks may start in another working directory
-    jobs = ex.map_array(run_specimen, [str(s.scan.resolve()) for s in todo], [str(s.run_dir.resolve()) for s in todo],
-                        [method] * n,
-                        [params] * n, [scan_options] * n, [options] * n, [threads] * n,
-                        [s.state == "resume" for s in todo])
+    jobs = []
+    if todo:
+        jobs = ex.map_array(run_specimen, [str(s.scan.resolve()) for s in todo],
+                            [str(s.run_dir.resolve()) for s in todo], [method] * n,
+                            [params] * n, [scan_options] * n, [options] * n, [threads] * n,
+                            [s.state == "resume" for s in todo])
     for s, j in zip(todo, jobs):
         s.state, s.job_id = "queued", str(j.job_id)
+    jobs = jobs + [adopted[s.name] for s in todo_adopted]
+    todo = todo + todo_adopted
     prog.update()
     if not wait:
         return jobs
@@ -551,6 +561,39 @@ def _touched_since(run_dir: Path, t: float) -> bool:
         except OSError:
             pass
     return False
+
+
+ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
+
+
+def _active_slurm_jobs(output: Path, specs: list[Specimen]) -> dict:
+    """Jobs of an earlier submission (``batch_status.json``) that Slurm still lists as pending or
+    running, by specimen name: following them avoids submitting a specimen twice."""
+    import json
+
+    p = Path(output) / "batch_status.json"
+    if not p.exists():
+        return {}
+    try:
+        status = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    names = {s.name for s in specs}
+    submitit = _submitit()
+    out = {}
+    for e in status if isinstance(status, list) else []:
+        if not isinstance(e, dict) or e.get("specimen") not in names or not e.get("job_id"):
+            continue
+        if e.get("state") not in ("queued", "running"):
+            continue
+        job = submitit.SlurmJob(folder=Path(output) / "slurm", job_id=str(e["job_id"]))
+        try:
+            state = str(job.state).upper()
+        except Exception:  # sacct unavailable: cannot tell, submit again
+            continue
+        if state in ACTIVE_SLURM_STATES:
+            out[e["specimen"]] = job
+    return out
 
 
 def summary_rows(specs: list[Specimen]) -> list[dict]:

@@ -98,9 +98,13 @@ def _fake_slurm_bin(tmp_path):
     """Stand-ins for srun/sbatch: sbatch records the script it was given and answers like Slurm."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{tmp_path}/submitted.sh"\necho "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{tmp_path}/submitted.sh"\necho x >> "{tmp_path}/n_sbatch"\n'
+                                    'echo "Submitted batch job 4242"\n')
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    for f in ("sbatch", "srun"):
+    # sacct: the array's tasks are still pending/running
+    (bin_dir / "sacct").write_text('#!/bin/sh\necho "JobID|State|NodeList"\necho "4242_0|RUNNING|n1"\n'
+                                   'echo "4242_1|PENDING|"\necho "4242_2|PENDING|"\n')
+    for f in ("sbatch", "srun", "sacct"):
         (bin_dir / f).chmod((bin_dir / f).stat().st_mode | stat.S_IEXEC)
     return bin_dir
 
@@ -109,10 +113,11 @@ def test_sbatch_parameters_submitted(specimens, tmp_path, monkeypatch, run_cli, 
     pytest.importorskip("submitit")
     monkeypatch.setenv("PATH", f"{_fake_slurm_bin(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "runs"
-    code = run_cli("batch", specimens / "s0", specimens / "s1", specimens / "s2", "--method", "fbp",
-                   "--executor", "slurm", "-o", out, "--partition", "gpu-a100", "--time", "1:30:00", "--gpus", "1",
-                   "--mem", "16G", "--cpus", "4", "--array-parallelism", "2", "--slurm-setup", "module load cuda",
-                   "--no-wait")
+    args = ("batch", specimens / "s0", specimens / "s1", specimens / "s2", "--method", "fbp",
+            "--executor", "slurm", "-o", out, "--partition", "gpu-a100", "--time", "1:30:00", "--gpus", "1",
+            "--mem", "16G", "--cpus", "4", "--array-parallelism", "2", "--slurm-setup", "module load cuda",
+            "--no-wait")
+    code = run_cli(*args)
     assert code == 0, capsys.readouterr().err
     script = (tmp_path / "submitted.sh").read_text()
     for line in ("#SBATCH --partition=gpu-a100", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
@@ -125,6 +130,10 @@ def test_sbatch_parameters_submitted(specimens, tmp_path, monkeypatch, run_cli, 
     status = json.loads((out / "batch_status.json").read_text())
     assert [s["job_id"] for s in status] == ["4242_0", "4242_1", "4242_2"]
     assert all(s["state"] == "queued" for s in status)
+    # the same command again while Slurm still runs them: nothing is submitted twice
+    assert run_cli(*args) == 0
+    assert (tmp_path / "n_sbatch").read_text().count("x") == 1
+    assert [s["job_id"] for s in json.loads((out / "batch_status.json").read_text())] == ["4242_0", "4242_1", "4242_2"]
 
 
 def test_slurm_option_parsing_and_errors(tmp_path, monkeypatch):
@@ -145,3 +154,17 @@ def test_slurm_option_parsing_and_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
     with pytest.raises(UserError, match=r"pip install 'ctdip\[slurm\]'"):
         run_batch([tmp_path], "fbp", tmp_path / "o", executor="slurm", live=False, stream=io.StringIO())
+
+
+def test_live_table_renders(tmp_path):
+    from ctdip.batch import Progress, Specimen
+
+    specs = [Specimen("walnut1", tmp_path, tmp_path / "r1", state="running", started=0.0),
+             Specimen("walnut2", tmp_path, tmp_path / "r2", state="failed", error="projections.tif: bad")]
+    RunFolder(tmp_path / "r1").create().write_metrics([{"iter": 40, "psnr": 27.125}])
+    stream = io.StringIO()
+    with Progress(specs, live=True, stream=stream) as prog:
+        prog.update()
+    text = stream.getvalue()
+    for word in ("specimen", "walnut1", "running", "40", "27.12", "walnut2", "failed", "projections.tif: bad"):
+        assert word in text, word
