@@ -3,8 +3,9 @@
 All work on the problem's scaled data ``y = A x`` (images O(1), see :mod:`ctdip.problem`).
 
 **fbp** (registered ``fbp``, alias ``fdk``): ctdip's weighted filtered backprojection
-(parallel/fan FBP, cone FDK), ``x = FBP_filter(y)``; the Problem's initial reconstruction when the
-filter is ``ram-lak``.
+(parallel/fan FBP, cone FDK), ``x = FBP_filter(y)``. Default filter: Hann-windowed ramp, measured
+2.5-3.3 dB above Ram-Lak on sparse (20-60 views), 5 %-noise walnut scans (see the preset); the
+Problem's initial reconstruction (DIP inputs) stays Ram-Lak.
 
 **cgls** (conjugate gradients on the normal equations ``A^T A x = A^T y``, Hestenes–Stiefel)::
 
@@ -68,6 +69,11 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
+        if isinstance(value, str):  # YAML 1.1 reads "2e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise UserError(f"method '{method}': parameter '{key}' expects true/false, got '{value}'")
@@ -162,7 +168,7 @@ class FBP(ClassicalMethod):
     """Filtered backprojection (parallel/fan) or FDK (cone), ctdip's own torch implementation."""
 
     name = "fbp"
-    defaults = {"filter": "ram-lak"}
+    defaults = {"filter": "hann"}
 
     def run(self, problem, ctx: RunContext) -> MethodResult:
         from ctdip import metrics
