@@ -387,6 +387,6 @@ def print_summary(rs: RunSummary) -> None:
             es = s["early_stop"]
             con.print(f"  early stop PSNR {es['psnr']:.2f} dB at iteration {es['iter']}")
         if "fbp" in s:
-            con.print(f"  (FBP/FDK PSNR {s['fbp']['psnr']:.2f} dB)")
+            con.print(f"  (initial Ram-Lak FBP/FDK: PSNR {s['fbp']['psnr']:.2f} dB)")
     con.print(f"  recon:   {rs.recon_path}")
     con.print(f"  preview: {rs.preview_path}")
