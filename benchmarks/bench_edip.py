@@ -15,6 +15,8 @@ noise 5 % of mean |Ax|, matrix backend, one CPU thread, network preset ``light``
 
     .venv/bin/python benchmarks/bench_edip.py                         # everything (~1 h on a shared 2-core box)
     .venv/bin/python benchmarks/bench_edip.py --iterations 500 --pretrain-steps 100 --denoiser-steps 200
+    .venv/bin/python benchmarks/bench_edip.py --stages pretrain dip &   # two processes, one results file
+    .venv/bin/python benchmarks/bench_edip.py --stages denoiser admm
 
 Results: ``benchmarks/results/edip.md`` (and ``edip.json``), rewritten after each stage; the
 weights go to ``--work`` (default ``benchmarks/.work``), which is not committed.
@@ -199,11 +201,21 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     jpath = out.with_suffix(".json")
-    R: dict = json.loads(jpath.read_text()) if jpath.exists() else {}
+    R: dict = {}
 
     def save():
-        jpath.write_text(json.dumps(R, indent=1, default=str))
-        write_markdown(R, args, out)
+        # several processes may run different --stages on the same results: merge with the file
+        disk = json.loads(jpath.read_text()) if jpath.exists() else {}
+        for key in ("fbp_psnr", "pretrain", "denoiser"):
+            if key in R:
+                disk[key] = R[key]
+        for key in ("runs", "admm"):
+            if key in R:
+                disk.setdefault(key, {}).update(R[key])
+        tmp = jpath.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(disk, indent=1, default=str))
+        tmp.replace(jpath)
+        write_markdown(disk, args, out)
 
     problem = make_problem(args.size, args.views, args.noise)
     R["fbp_psnr"] = psnr(problem.x_init, problem.reference)
