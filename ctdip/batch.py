@@ -478,8 +478,8 @@ def _run_local(todo: list[Specimen], method, params, scan_options, options, jobs
         futs = {}
         for s in todo:
             resume = s.state == "resume"
-            f = pool.submit(run_specimen, str(s.scan), str(s.run_dir), method, params, scan_options, options,
-                            threads, resume)
+            f = pool.submit(run_specimen, str(s.scan.resolve()), str(s.run_dir), method, params, scan_options,
+                            options, threads, resume)
             futs[f] = s
             s.state = "queued"
         pending = set(futs)

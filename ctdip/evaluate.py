@@ -143,8 +143,12 @@ def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
     scan = _scan_path_from_config(entry.config)
     if scan is None:
         return None
-    if not scan.is_absolute() and not scan.exists():
-        scan = entry.path / scan
+    if not scan.is_absolute() and not scan.is_dir():
+        # recorded relative to where the run was started: try the run folder's ancestors
+        for base in entry.path.resolve().parents:
+            if (base / scan).is_dir():
+                scan = base / scan
+                break
     if not scan.is_dir():
         return None
     direct = next((scan / n for n in ("reference.tif", "reference.tiff", "reference.npy") if (scan / n).exists()), None)
@@ -429,8 +433,8 @@ def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str |
         (ln,) = ax.plot(its, ps, lw=1.3, label=f"{e.name} ({e.method})" if e.method else e.name)
         if r.get("peak_iter") is not None:
             ax.plot([r["peak_iter"]], [r["peak_psnr"]], "o", color=ln.get_color(), ms=5)
-        if r.get("es_iter") is not None and r.get("es_psnr") is not None and r["es_iter"] in set(its.tolist()):
-            ax.plot([r["es_iter"]], [ps[list(its).index(r["es_iter"])]], "x", color=ln.get_color(), ms=7, mew=2)
+        if r.get("es_iter") is not None and r.get("es_psnr") is not None:
+            ax.plot([r["es_iter"]], [r["es_psnr"]], "x", color=ln.get_color(), ms=7, mew=2)
     ax.set_xlabel("iteration")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title("PSNR during reconstruction (o peak, x early stop)")
@@ -469,8 +473,10 @@ def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str,
     with_err = any(er is not None for er in errs)
     # panels: the reference first (when all entries share one), then the entries
     shared_ref = None
-    if ref_imgs and len({id(v) for v in refs.values()}) == 1 and len(refs) == len(entries):
-        shared_ref = next(iter(ref_imgs.values()))
+    if ref_imgs and len(refs) == len(entries):
+        first = next(iter(ref_imgs.values()))
+        if all(r.shape == first.shape and np.array_equal(r, first) for r in ref_imgs.values()):
+            shared_ref = first
     panels: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     if shared_ref is not None:
         panels.append(("reference", shared_ref, None))
