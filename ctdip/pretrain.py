@@ -512,9 +512,19 @@ def ensure_warm_start(problem, arch: dict, quiet: bool = False, **opts: Any) -> 
         sys.stderr.write(f"no cached EDIP warm start for this geometry and network; pretraining one "
                          f"({cfg.total_steps} steps x {cfg.batch_size} ellipse phantoms), cached as {path}\n")
         sys.stderr.flush()
+        if progress is None:
+            progress = _line_progress
     pretrain_for_problem(problem, arch, path, cfg, progress=progress, log=log)
     shutil.rmtree(checkpoint_dir(path), ignore_errors=True)
     return path
+
+
+def _line_progress(step: int, total: int, row: dict) -> None:
+    """One stderr line per validation (used by :func:`ensure_warm_start` inside ``reconstruct``)."""
+    if row.get("val_psnr") is not None:
+        sys.stderr.write(f"  warm start step {step}/{total}: Shepp-Logan PSNR {row['val_psnr']:.2f} dB, "
+                         f"{row.get('samples_per_s', 0):.1f} samples/s\n")
+        sys.stderr.flush()
 
 
 def config_dict(cfg: PretrainConfig) -> dict:

@@ -133,7 +133,7 @@ def test_ensure_warm_start_pretrains_once_and_caches(tmp_path, monkeypatch, caps
     arch = network_preset("tiny", 2)
     p1 = ensure_warm_start(problem, arch, steps=3, batch_size=2, val_samples=2)
     err = capsys.readouterr().err
-    assert "no cached EDIP warm start" in err and str(p1) in err
+    assert "no cached EDIP warm start" in err and str(p1) in err and "warm start step 3/3" in err
     assert p1.parent == tmp_path / "cache" / "warmstarts" and p1.exists()
     assert not checkpoint_dir(p1).exists()  # training folder cleaned up
     mtime = p1.stat().st_mtime_ns
@@ -144,6 +144,20 @@ def test_ensure_warm_start_pretrains_once_and_caches(tmp_path, monkeypatch, caps
     assert ensure_warm_start(other, arch, quiet=True, steps=1, batch_size=2, val_samples=2) != p1
     with pytest.raises(TypeError):
         ensure_warm_start(make_problem(32, views=9), arch, quiet=True, bogus=1)
+
+
+def test_3d_cone_pretraining_runs_on_ellipsoids(tmp_path, one_thread):
+    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.operators import RayTransform
+
+    g = ProjectionGeometry.circular("cone", np.linspace(0, 2 * np.pi, 8, endpoint=False), det_cols=24,
+                                    det_rows=24, pixel_mm=1.0, source_origin_mm=64, source_detector_mm=96)
+    v = VolumeGeometry.fov(g, 16)
+    res = pretrain(RayTransform(g, v), g, v, network_preset("tiny", 3), tmp_path / "w3.pt",
+                   PretrainConfig(steps=2, batch_size=2, val_every=2, checkpoint_every=0, val_samples=2))
+    obj = torch.load(res.path, weights_only=True)
+    assert obj["arch"]["dim"] == 3 and obj["data_spec"]["volume_shape"] == [16, 16, 16]
+    assert res.history[-1]["val_loss"] < res.history[0]["val_loss"]
 
 
 @pytest.fixture(scope="module")
