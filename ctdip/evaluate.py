@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -294,15 +294,30 @@ def evaluate_entry(entry: Entry, reference: np.ndarray | None, mask: str | None 
     return row
 
 
-def evaluate(paths: Sequence[str | Path], reference: str | Path | None = None, mask: str | None = None
+def _is_unfinished_run(p: Path) -> bool:
+    return p.is_dir() and (p / "config.yaml").exists() and not (p / "recon.tif").exists()
+
+
+def evaluate(paths: Sequence[str | Path], reference: str | Path | None = None, mask: str | None = None,
+             on_unfinished: Callable[[Path], None] | None = None
              ) -> tuple[list[dict], list[Entry], dict[str, np.ndarray]]:
     """Evaluate runs/volumes. Returns (rows, entries, references by entry name).
 
     ``reference``: a volume file or a scan folder; None = each run's own scan reference if any.
+    ``on_unfinished``: when given, run folders without recon.tif yet (still running, or killed)
+    are passed to it and skipped instead of being an error (``ctdip evaluate runs/*/``).
     """
     if not paths:
         raise UserError("nothing to evaluate: give one or more run folders or volume files")
     _mask_for(mask, (1, 2, 2))  # validate early
+    paths = [Path(p) for p in paths]
+    if on_unfinished is not None:
+        for p in paths:
+            if _is_unfinished_run(p):
+                on_unfinished(p)
+        paths = [p for p in paths if not _is_unfinished_run(p)]
+        if not paths:
+            raise UserError("nothing to evaluate: every run given is unfinished (no recon.tif yet)")
     entries = [load_entry(p) for p in paths]
     _unique_names(entries)
     cache: dict[Path, np.ndarray] = {}

@@ -163,6 +163,11 @@ def test_user_errors(runs, run_cli, capsys, tmp_path):
     RunFolder(tmp_path / "unfinished").write_config({"method": "tv"})
     with pytest.raises(UserError, match="unfinished run"):
         load_entry(tmp_path / "unfinished")
+    skipped = []  # in a glob over runs/*/ an unfinished run is skipped with a note
+    rows, _, _ = evaluate([paths[0], tmp_path / "unfinished"], on_unfinished=skipped.append)
+    assert len(rows) == 1 and skipped == [tmp_path / "unfinished"]
+    assert run_cli("evaluate", paths[0], tmp_path / "unfinished", "-o", tmp_path / "o", "--no-plots") == 0
+    assert "skipping unfinished run" in capsys.readouterr().err
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")
     with pytest.raises(UserError, match="cannot read volume"):
         load_entry(tmp_path / "bad.tif")

@@ -31,7 +31,10 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in ("table", "csv", "md", "json"):
             raise UserError(f"unknown format '{fmt}'; choose one of: table, csv, md, json")
-        rows, entries, refs = evaluate(runs, reference=reference, mask=mask)
+        def skip(p: Path) -> None:
+            typer.echo(f"note: skipping unfinished run {p} (no recon.tif yet)", err=True)
+
+        rows, entries, refs = evaluate(runs, reference=reference, mask=mask, on_unfinished=skip if len(runs) > 1 else None)
         if fmt == "table" and sys.stdout.isatty():
             from rich.console import Console
 
