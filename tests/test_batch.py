@@ -8,7 +8,6 @@ import os
 import stat
 import sys
 
-import numpy as np
 import pytest
 
 from ctdip.batch import (SlurmOptions, parse_mem_gb, parse_time_minutes, plan, run_batch, run_specimen,
