@@ -75,7 +75,6 @@ def test_unfinished_run_is_resumed(specimens, tmp_path):
 
 
 def test_slurm_path_with_submitit_debug_executor(specimens, tmp_path):
-    pytest.importorskip("submitit")
     import submitit
 
     out = tmp_path / "runs"
@@ -109,7 +108,6 @@ def _fake_slurm_bin(tmp_path):
 
 
 def test_sbatch_parameters_submitted(specimens, tmp_path, monkeypatch, run_cli, capsys):
-    pytest.importorskip("submitit")
     monkeypatch.setenv("PATH", f"{_fake_slurm_bin(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "runs"
     args = ("batch", specimens / "s0", specimens / "s1", specimens / "s2", "--method", "fbp",
