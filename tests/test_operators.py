@@ -35,7 +35,7 @@ def _geoms():
 
 
 CASES = [("matrix", "parallel2d"), ("matrix", "fan2d"), ("torch", "parallel2d"), ("torch", "fan2d"),
-         ("torch", "parallel3d"), ("torch", "cone3d")]
+         ("torch", "parallel3d"), ("torch", "cone3d"), ("matrix", "parallel3d"), ("matrix", "cone3d")]
 CASES += [pytest.param("astra-cuda", k, marks=pytest.mark.skipif(not CUDA, reason="needs CUDA + ASTRA CUDA"))
           for k in ("parallel2d", "fan2d", "parallel3d", "cone3d")]
 
@@ -170,9 +170,47 @@ def test_matrix_cache_budget_and_auto(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="budget"):
         RayTransform(g2, v, backend="matrix")
     assert RayTransform(g2, v).backend == "torch"  # auto falls back
-    assert RayTransform(*_geoms()["cone3d"]).backend == "torch"
-    with pytest.raises(UserError, match="2D geometry"):
+    assert RayTransform(*_geoms()["cone3d"]).backend == "torch"  # 3D too
+    with pytest.raises(UserError, match="trilinear system matrix .* budget"):
         RayTransform(*_geoms()["cone3d"], backend="matrix")
+    with pytest.raises(UserError, match="2D geometry"):
+        RayTransform(*_geoms()["cone3d"], backend="matrix", kernel="linear")
+
+
+@pytest.mark.parametrize("case", ["parallel3d", "cone3d"])
+def test_matrix3d_equals_torch_ray_marcher(case, tmp_path):
+    """The 3D system matrix is the torch marcher written out: A and A^T agree to float rounding,
+    for the default (two samples per voxel) and the coarse (one per voxel) discretisation."""
+    from ctdip.operators._matrix import MatrixRayTransform
+    from ctdip.operators._torch import TorchRayTransform
+
+    g, v = _geoms()[case]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand((2, *v.shape), generator=gen)
+    y = torch.rand((2, g.n_views, *g.det_shape), generator=gen)
+    cpu = torch.device("cpu")
+    for kernel, step in (("trilinear", 0.5), ("trilinear-coarse", 1.0)):
+        M = MatrixRayTransform(g, v, cpu, kernel)
+        T = TorchRayTransform(g, v, cpu, step_fraction=step)
+        for a, b in ((M.forward(x), T.forward(x)), (M.adjoint(y), T.adjoint(y))):
+            assert float((a - b).norm() / b.norm()) < 1e-5
+    assert any(f.name.endswith(f"-{v.hash()}-trilinear.npz") for f in (tmp_path / "cache" / "matrices").iterdir())
+
+
+def test_auto_picks_3d_matrix_on_cpu_and_estimates_nnz(tmp_path):
+    from ctdip.operators._matrix import build_march_matrix, estimate_nnz
+
+    g, v = _geoms()["cone3d"]
+    A = RayTransform(g, v)
+    assert A.backend == "matrix" and A._impl.kernel == "trilinear"
+    nnz = A._impl.nnz
+    assert nnz == build_march_matrix(g, v, progress=False).nnz
+    est = estimate_nnz(g, v, "trilinear")
+    assert nnz <= est <= 1.3 * nnz, (est, nnz)
+    x = torch.from_numpy(_blobs(v))
+    assert float((A(x) - RayTransform(g, v, backend="torch")(x)).norm() / A(x).norm()) < 1e-5
+    files = list((tmp_path / "cache" / "matrices").glob("*.npz"))
+    assert len(files) == 1 and g.hash() in files[0].name
 
 
 def test_scipy_and_torch_sparse_engines_agree():

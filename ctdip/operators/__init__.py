@@ -11,10 +11,12 @@ INTERFACE CONTRACT (other modules code against these names):
 
     fbp(y, geometry, volume, filter="ram-lak", ...) -> torch.Tensor (z, y, x)   # parallel/fan FBP, cone FDK
 
-Backends (``backend=``): ``"matrix"`` (ASTRA's 2D CPU projector as a cached sparse matrix; 2D
-only; CPU or CUDA), ``"torch"`` (our differentiable ray marching; any vector geometry, 2D and 3D;
+Backends (``backend=``): ``"matrix"`` (a cached sparse system matrix: ASTRA's 2D CPU projector for
+2D slices, the torch ray marcher written out (``kernel="trilinear"``) for 3D and any other volume;
+CPU or CUDA), ``"torch"`` (our differentiable ray marching; any vector geometry, 2D and 3D;
 CPU or CUDA), ``"astra-cuda"`` (ASTRA's CUDA projectors; CUDA only) and ``"auto"``: astra-cuda on
-a CUDA device when ASTRA has CUDA, else matrix for 2D (when within the memory budget), else torch.
+a CUDA device when ASTRA has CUDA, else matrix for 2D on any device and for 3D on CPU (when within
+the memory budget), else torch.
 
 Autograd: ``A(x)`` is a ``torch.autograd.Function`` whose backward is ``A.T`` (and vice versa), so
 gradients are exact adjoints and cost one operator application.
@@ -81,8 +83,10 @@ class RayTransform:
         if backend == "auto":
             if dev.type == "cuda" and _astra_cuda.available():
                 return "astra-cuda", _astra_cuda.AstraCudaRayTransform(g, v, dev)
-            if g.is_2d and v.shape[0] == 1 and abs(v.center_mm[0]) < 1e-9 * max(1.0, v.voxel_mm[0]):
-                k = self.kernel or _matrix.default_kernel(g)
+            # 2D: ASTRA's matrix on any device; 3D: the ray marcher's matrix on CPU; within budget
+            if _matrix.astra_2d(g, v) or dev.type == "cpu":
+                k = self.kernel or _matrix.default_kernel(g, v)
+                _matrix.check_supported(g, v, k)
                 need = _matrix.estimate_nnz(g, v, k) * _matrix._BYTES_PER_NNZ
                 if need <= _matrix.memory_budget_bytes():
                     return "matrix", _matrix.MatrixRayTransform(g, v, dev, k)

@@ -6,8 +6,11 @@ the ray in the volume box, L = t1 - t0, K samples)::
     (A x)(p) = integral of x along the ray ~= sum_k x(o + t_k d) * L / K,  t_k = t0 + (k + 1/2) L / K
 
 with x(.) the trilinear (bilinear for one slice) interpolation of the voxel values
-(``torch.nn.functional.grid_sample``, zero outside the box) and K chosen so that the step L/K is at
-most half the smallest voxel. Cone beams march from the source to the pixel, parallel beams
+(``torch.nn.functional.grid_sample``, zero outside the box) and one K for all rays of the geometry,
+K = ceil(L_max / (step_fraction * smallest voxel)) (L_max: the longest chord of any ray), so every
+step L/K is at most half a voxel and the discretisation does not depend on batching or chunking
+(the ``matrix`` backend builds this same operator as a sparse matrix from
+:meth:`TorchRayTransform.samples`). Cone beams march from the source to the pixel, parallel beams
 along the ray direction through the pixel. The adjoint is the exact transpose of this discrete
 operator, computed by reverse-mode autodiff of the (linear) forward, chunk by chunk over views so
 memory stays bounded. All code is device-agnostic: it runs on CPU and CUDA tensors alike.
@@ -51,6 +54,7 @@ class TorchRayTransform:
         # one slice and rays in its mid-plane: bilinear sampling in (x, y) is exact and faster
         zc = volume.center_mm[0]
         self.planar = volume.is_2d and geometry.is_2d and abs(zc) < 1e-9 * max(1.0, volume.voxel_mm[0])
+        self._n_steps: int | None = None
 
     def _rays(self, views: slice):
         """Origins o, unit directions d (nv, R, C, 3) float64, and entry t0 / length L (nv, R, C)."""
@@ -81,42 +85,64 @@ class TorchRayTransform:
         length = (t1 - t0).clamp(min=0.0)
         return o, d, t0, length
 
+    @property
+    def n_steps(self) -> int:
+        """K, the number of samples on every ray: ceil(longest chord / step), computed once."""
+        if self._n_steps is None:
+            rows, cols = self.geometry.det_shape
+            nv = max(1, _POINTS_PER_CHUNK // max(1, 8 * rows * cols))
+            lmax = 0.0
+            for i in range(0, self.geometry.n_views, nv):
+                lmax = max(lmax, float(self._rays(slice(i, i + nv))[3].max()))
+            self._n_steps = max(1, int(np.ceil(lmax / self.step - 1e-9)))
+        return self._n_steps
+
+    def samples(self, views: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample points of the rays of some views and their weight L/K.
+
+        Returns pts (nv, R, C, K, 3) float64 (x, y, z) in mm (only (x, y) when planar) and
+        w (nv, R, C) float64: (A x)(ray) = w * sum_k x(pts[..., k, :]).
+        """
+        return self.points(*self._rays(views))
+
+    def points(self, o: torch.Tensor, d: torch.Tensor, t0: torch.Tensor,
+               length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples of given rays (any leading shape ...): pts (..., K, 3 or 2) and weight L/K (...)."""
+        K = self.n_steps
+        k = (torch.arange(K, dtype=torch.float64, device=o.device) + 0.5) / K
+        t = t0[..., None] + length[..., None] * k  # (..., K)
+        if self.planar:
+            pts = o[..., None, :2] + t[..., None] * d[..., None, :2]
+        else:
+            pts = o[..., None, :] + t[..., None] * d[..., None, :]
+        return pts, length / K
+
     def _chunks(self, batch: int, n_steps_hint: int):
         rows, cols = self.geometry.det_shape
         per_view = rows * cols * max(1, n_steps_hint) * max(1, batch)
         nv = max(1, min(self.geometry.n_views, _POINTS_PER_CHUNK // max(1, per_view)))
         return [slice(i, min(i + nv, self.geometry.n_views)) for i in range(0, self.geometry.n_views, nv)]
 
-    def _max_steps(self) -> int:
-        diag = float((self.hi - self.lo)[: 2 if self.planar else 3].norm())
-        return int(np.ceil(diag / self.step)) + 1
-
     def _project_chunk(self, x: torch.Tensor, views: slice) -> torch.Tensor:
         """x: (B, z, y, x) float32 (may require grad) -> (B, nv, rows, cols)."""
-        o, d, t0, length = self._rays(views)
-        n_steps = max(1, int(np.ceil(float(length.max()) / self.step)))
-        k = (torch.arange(n_steps, dtype=torch.float64, device=x.device) + 0.5) / n_steps
-        t = t0[..., None] + length[..., None] * k  # (nv, R, C, K)
-        nv, R, C = t0.shape
+        pts, w = self.samples(views)
+        nv, R, C, K = pts.shape[:4]
         B = x.shape[0]
         if self.planar:
-            pts = o[..., None, :2] + t[..., None] * d[..., None, :2]  # (nv, R, C, K, 2)
             g = ((pts - self.centre[:2]) / self.half[:2]).to(torch.float32)
-            grid = g.reshape(1, nv * R * C, n_steps, 2)
+            grid = g.reshape(1, nv * R * C, K, 2)
             img = x[:, 0][None]  # (1, B, H, W)
             s = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         else:
-            pts = o[..., None, :] + t[..., None] * d[..., None, :]
             g = ((pts - self.centre) / self.half).to(torch.float32)
-            grid = g.reshape(1, 1, nv * R * C, n_steps, 3)
+            grid = g.reshape(1, 1, nv * R * C, K, 3)
             s = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        s = s.reshape(B, nv * R * C, n_steps).sum(-1)
-        w = (length / n_steps).to(torch.float32).reshape(1, -1)
-        return (s * w).reshape(B, nv, R, C)
+        s = s.reshape(B, nv * R * C, K).sum(-1)
+        return (s * w.to(torch.float32).reshape(1, -1)).reshape(B, nv, R, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = []
-        for views in self._chunks(x.shape[0], self._max_steps()):
+        for views in self._chunks(x.shape[0], self.n_steps):
             out.append(self._project_chunk(x, views))
         return torch.cat(out, dim=1)
 
@@ -124,7 +150,7 @@ class TorchRayTransform:
         B = y.shape[0]
         acc = torch.zeros((B, *self.volume.shape), dtype=torch.float32, device=y.device)
         with torch.enable_grad():
-            for views in self._chunks(B, self._max_steps()):
+            for views in self._chunks(B, self.n_steps):
                 leaf = torch.zeros_like(acc, requires_grad=True)
                 out = self._project_chunk(leaf, views)
                 (g,) = torch.autograd.grad(out, leaf, grad_outputs=y[:, views].contiguous())
