@@ -305,7 +305,7 @@ def reconstruct(scan, method: str, params: dict | None = None, output: str | Pat
         "overrides": overrides, "params": resolved,
         "seed": int(seed), "device": dev, "backend": problem.info.get("backend", backend),
         "holdout": float(holdout), "stop_early": bool(stop_early), "time_limit_s": limit_s,
-        "scan": {"folder": str(scan.source) if scan.source is not None else None, "layout": scan.layout,
+        "scan": {"folder": str(Path(scan.source).resolve()) if scan.source is not None else None, "layout": scan.layout,
                  "options": dict((scan.info or {}).get("options", {}) if scan_options is None else scan_options),
                  "info": {k: v for k, v in (scan.info or {}).items() if k not in ("views",)}},
         "geometry": {"hash": geom.hash(), "kind": geom.kind, "views": geom.n_views,
