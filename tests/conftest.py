@@ -1,7 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
+
+# Operator matrices, norms and warm starts are cached on disk; the test session gets its own cache
+# (shared by all tests, so a matrix is built once) instead of the user's ~/.cache/ctdip.
+os.environ.setdefault("CTDIP_CACHE_DIR", tempfile.mkdtemp(prefix="ctdip-test-cache-"))
 
 # Tests are small; one or two threads keep them quick and reproducible on CI's 2 cores.
 torch.set_num_threads(int(os.environ.get("CTDIP_TEST_THREADS", "2")))
