@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
-DIP_METHODS = ["vanilla", "tv", "tv-hqs", "admm", "hqs-denoiser", "red", "self-guided", "aseq", "edip", "edip-fe"]
+DIP_METHODS = ["vanilla", "tv", "tv-hqs", "self-guided", "aseq", "admm", "hqs-denoiser", "red", "edip", "edip-fe"]
 
 
 def make_problem(n: int, views: int, rel_noise: float = 0.05, seed: int = 0):
@@ -105,7 +105,7 @@ def fmt(v, nd=2):
 
 
 def write_markdown(results: dict, args, path: Path) -> None:
-    lines = ["# DIP methods on a 128² walnut slice (handbook Table 2 style)", "",
+    lines = [f"# DIP methods on a {args.size}² walnut slice (handbook Table 2 style)", "",
              f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_methods.py', *sys.argv[1:]])}`", "",
              f"Setup: {args.size}² procedural walnut (ctdip.data.phantoms.walnut), fan beam 360°, "
              f"{int(1.5 * args.size)} detector pixels, Gaussian noise {args.noise:g} × mean|Ax|, matrix backend, "
@@ -118,15 +118,15 @@ def write_markdown(results: dict, args, path: Path) -> None:
     for views in args.views:
         rs = results.get(str(views), {})
         lines += [f"## {views} views", "",
-                  "| method | peak PSNR | peak iter | ES PSNR | ES iter | final PSNR | returned PSNR | wall s | overrides |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | iters | peak PSNR | peak iter | ES PSNR | ES iter | final PSNR | returned PSNR | wall s | overrides |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in rs.items():
             if "error" in r:
-                lines.append(f"| {name} | error: {r['error'][:80]} | | | | | | | |")
+                lines.append(f"| {name} | error: {r['error'][:80]} | | | | | | | | |")
                 continue
             over = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items()
                              if k not in ("iterations", "network", "log_every", "checkpoint_every"))
-            lines.append(f"| {name} | {fmt(r.get('peak_psnr'))} | {fmt(r.get('peak_iter'))} | "
+            lines.append(f"| {name} | {fmt(r.get('iterations'))} | {fmt(r.get('peak_psnr'))} | {fmt(r.get('peak_iter'))} | "
                          f"{fmt(r.get('es_psnr'))} | {fmt(r.get('es_iter'))} | {fmt(r.get('final_psnr'))} | "
                          f"{fmt(r.get('returned_psnr'))} | {fmt(r.get('wall_s'), 0)} | {over} |")
         lines += [""] + checks(rs) + [""]
@@ -165,10 +165,12 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.05)
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--network", default="light")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate of every DIP method except edip/edip-fe")
     ap.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                     help="per-method parameter override, e.g. tv.tv_weight=0.002")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results" / "methods.md"))
+    ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON and exit")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides: dict[str, dict] = {}
@@ -180,6 +182,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     jpath = out.with_suffix(".json")
     results: dict = json.loads(jpath.read_text()) if jpath.exists() else {}
+    if args.render_only:
+        write_markdown(results, args, out)
+        return 0
     for views in args.views:
         problem = make_problem(args.size, views, args.noise)
         rs = results.setdefault(str(views), {})
@@ -187,10 +192,15 @@ def main(argv=None) -> int:
             if name == "fbp":
                 r = run_classical("fbp", problem)
             elif name == "pdhg-tv":
-                r = run_classical("pdhg-tv", problem, grid=[3e-4, 1e-3, 3e-3, 1e-2])
+                r = run_classical("pdhg-tv", problem, grid=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
             else:
                 params = {"iterations": args.iterations, "network": args.network, "log_every": 10,
-                          "checkpoint_every": 0, **overrides.get(name, {})}
+                          "checkpoint_every": 0}
+                if args.lr is not None and not name.startswith("edip"):
+                    params["lr"] = args.lr
+                    if name == "self-guided":
+                        params["z_lr"] = args.lr
+                params.update(overrides.get(name, {}))
                 r = run_dip(name, problem, params)
             rs[name] = r
             print(f"{views} views {name}: " + ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}"

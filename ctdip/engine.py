@@ -168,6 +168,8 @@ class EarlyStoppingWMV(Callback):
             raise UserError(f"es_window must be at least 2, got {window}")
         self.window, self.patience, self.delta, self.stop = int(window), int(patience), float(delta), bool(stop)
         self.buffer: torch.Tensor | None = None
+        self.sum: torch.Tensor | None = None
+        self.sumsq: torch.Tensor | None = None
         self.count = 0  # iterates seen
         self.var = float("nan")
         self.var_min = float("inf")
@@ -178,13 +180,25 @@ class EarlyStoppingWMV(Callback):
         self.stopped_at: int | None = None
 
     def on_iteration(self, eng, it, x, out):
+        # running per-voxel sums over the window (float64), updated in O(n) per iteration
         if self.buffer is None:
             self.buffer = torch.zeros((self.window, *x.shape), dtype=x.dtype, device=x.device)
-        self.buffer[self.count % self.window].copy_(x)
+            self.sum = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+            self.sumsq = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+        slot = self.count % self.window
+        x64 = x.to(torch.float64)
+        if self.count >= self.window:
+            old = self.buffer[slot].to(torch.float64)
+            self.sum.sub_(old)
+            self.sumsq.sub_(old * old)
+        self.sum.add_(x64)
+        self.sumsq.add_(x64 * x64)
+        self.buffer[slot].copy_(x)
         self.count += 1
         if self.count < self.window:
             return False
-        self.var = float(self.buffer.var(dim=0, unbiased=False).mean())
+        mean = self.sum / self.window
+        self.var = float((self.sumsq / self.window - mean * mean).clamp_min(0).mean())
         if self.var < self.var_min:
             self.var_min = self.var
             self.best_iter = it
@@ -200,8 +214,8 @@ class EarlyStoppingWMV(Callback):
         return False
 
     def state_dict(self):
-        return {k: getattr(self, k) for k in
-                ("buffer", "count", "var", "var_min", "ref_min", "best_iter", "best", "since", "stopped_at")}
+        return {k: getattr(self, k, None) for k in
+                ("buffer", "sum", "sumsq", "count", "var", "var_min", "ref_min", "best_iter", "best", "since", "stopped_at")}
 
     def load_state_dict(self, state):
         for k, v in state.items():

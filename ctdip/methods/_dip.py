@@ -151,7 +151,7 @@ class DIPMethod(Method, DIPModel):
                 v = problem.adjoint(problem.y).reshape(1, 1, *problem.image_shape).cpu()
             q = float(torch.quantile(v.abs().flatten()[:: max(1, v.numel() // 1_000_000)], 0.999))
             z = (v / (q if q > 0 else 1.0)).expand(shape)
-        return z.contiguous().float().to(problem.device)
+        return z.float().to(problem.device).clone()  # never a view of the problem's tensors
 
     def data_fit(self, x: torch.Tensor) -> torch.Tensor:
         """``||A x - y||^2 / ||y||^2`` for network-shaped x (any batch size: mean over the batch)."""

@@ -31,7 +31,7 @@ from ctdip.networks.weights import build_from_weights, load_weights, problem_geo
 
 class EDIP(DIPMethod):
     name = "edip"
-    extra_defaults = {"weights": None, "force": False, "tv_weight": 1e-3}
+    extra_defaults = {"weights": None, "force": False, "tv_weight": 0.02}
     freeze_encoder = False
 
     def weights_path(self, problem, arch: dict):

@@ -26,7 +26,7 @@ from ctdip.methods._splitting import make_denoiser
 
 class HQSDenoiser(DIPMethod):
     name = "hqs-denoiser"
-    extra_defaults = {"denoiser": "tv", "lam": 5e-4, "mu": 0.05, "mu_growth": 1.01, "mu_max": 5.0, "inner": 5}
+    extra_defaults = {"denoiser": "tv", "lam": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "inner": 5}
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)

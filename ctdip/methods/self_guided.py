@@ -24,7 +24,7 @@ from ctdip.methods._dip import DIPMethod
 
 class SelfGuided(DIPMethod):
     name = "self-guided"
-    extra_defaults = {"alpha": 1.0, "realisations": 2, "noise_std": 0.05}
+    extra_defaults = {"alpha": 0.1, "realisations": 2, "noise_std": 0.05}
 
     def setup(self, problem, gen):
         self.z.requires_grad_(True)

@@ -16,7 +16,7 @@ from ctdip.methods._dip import DIPMethod
 
 class TVDIP(DIPMethod):
     name = "tv"
-    extra_defaults = {"tv_weight": 1e-3}
+    extra_defaults = {"tv_weight": 0.02}
 
     def objective(self, it, gen):
         x = self.network(self.z)

@@ -24,7 +24,7 @@ from ctdip.networks.denoisers import tv_prox
 
 class TVHQS(DIPMethod):
     name = "tv-hqs"
-    extra_defaults = {"tv_weight": 1e-3, "mu": 0.05, "mu_growth": 1.01, "mu_max": 5.0, "u_every": 5,
+    extra_defaults = {"tv_weight": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "u_every": 5,
                       "prox_iterations": 30}
 
     def setup(self, problem, gen):

@@ -1,0 +1,207 @@
+"""Every DIP method on a small fan-beam walnut: loss goes down, method-specific invariants hold."""
+
+import numpy as np
+import pytest
+import torch
+
+from ctdip.errors import UserError
+from ctdip.methods import get_method
+from ctdip.methods.base import RunContext
+
+FAST = {"network": "tiny", "iterations": 40, "lr": 0.01, "log_every": 5, "checkpoint_every": 0, "es_window": 10}
+
+
+def make_problem(n=64, views=40, rel=0.05, seed=0, holdout=0.0):
+    from ctdip.data import Scan
+    from ctdip.data.noise import gaussian_noise
+    from ctdip.data.phantoms import walnut
+    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.operators import RayTransform
+    from ctdip.problem import Problem
+
+    g = ProjectionGeometry.circular("fan", np.linspace(0, 2 * np.pi, views, endpoint=False), det_cols=int(1.5 * n),
+                                    pixel_mm=1.0, source_origin_mm=4.0 * n, source_detector_mm=6.0 * n)
+    vol = VolumeGeometry.fov(g, n)
+    ref = walnut((n, n), seed=seed)[None].astype(np.float32)
+    y = RayTransform(g, vol, backend="matrix")(torch.as_tensor(ref)).numpy()
+    yn, _ = gaussian_noise(y, rel, np.random.default_rng(seed + 1))
+    return Problem.from_scan(Scan(projections=yn, geometry=g, volume=vol, reference=ref), backend="matrix",
+                             holdout=holdout)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem()
+
+
+def run(name, problem, seed=0, **kw):
+    m = get_method(name)(**{**FAST, **kw})
+    return m, m.run(problem, RunContext(seed=seed, quiet=True))
+
+
+@pytest.mark.parametrize("name", ["vanilla", "tv", "tv-hqs", "admm", "hqs-denoiser", "red", "self-guided", "aseq"])
+def test_method_reduces_loss(problem, name):
+    kw = {"lr": 0.01} if name != "aseq" else {"lr": 0.01, "iterations": 40}
+    m, res = run(name, problem, **kw)
+    h = res.history
+    assert h[0]["iter"] == 1 and h[-1]["iter"] == 40
+    assert h[-1]["loss"] < 0.5 * h[0]["loss"], (h[0]["loss"], h[-1]["loss"])
+    assert h[-1]["data_fit"] < h[0]["data_fit"]
+    assert res.recon.shape == (1, 64, 64) and torch.isfinite(res.recon).all()
+    assert {"es", "ema", "best"} <= set(res.extras)
+    s = res.summary
+    assert s["method"] == m.name and s["iterations"] == 40
+    assert s["loss_normalisation"]["data_fit"] == "||A x - y||^2 / ||y||^2"
+
+
+def test_vanilla_beats_fbp_and_picks(problem):
+    from ctdip.metrics import psnr
+
+    m, res = run("vanilla", problem, iterations=150, lr=0.01, input="fbp", es_window=20)
+    fbp = psnr(problem.x_init, problem.reference)
+    s = res.summary
+    assert s["peak_psnr"] > fbp + 2, (s["peak_psnr"], fbp)
+    assert s["es_iter"] is not None and 20 <= s["es_iter"] <= 150
+    assert abs(psnr(res.extras["best"], problem.reference) - s["peak_psnr"]) < 1e-3
+    assert s["peak_psnr"] >= s["final_psnr"] and s["peak_psnr"] >= s["es_psnr"]
+
+
+def test_same_seed_same_output_different_seed_differs(problem):
+    _, a = run("tv", problem, seed=3, iterations=15)
+    _, b = run("tv", problem, seed=3, iterations=15)
+    _, c = run("tv", problem, seed=4, iterations=15)
+    assert torch.equal(a.recon, b.recon) and torch.equal(a.extras["es"], b.extras["es"])
+    assert not torch.equal(a.recon, c.recon)
+
+
+def test_aseq_updates_z_only_between_blocks_and_never_by_gradient(problem):
+    m = get_method("aseq")(**{**FAST, "iterations": 9, "inner": 3, "lr": 0.01})
+    snaps = {}
+
+    def progress(it, total, row):
+        snaps[it] = m.z.detach().clone()
+        assert not m.z.requires_grad and m.z.grad is None
+        opt_params = {id(p) for g in m.engine and [] or [] for p in g}
+        assert id(m.z) not in opt_params
+
+    z0 = m.make_input  # keep a handle; the input is built inside run
+    res = m.run(problem, RunContext(seed=0, progress=progress))
+    assert z0 is not None
+    changed = [it for it in range(2, 10) if not torch.equal(snaps[it], snaps[it - 1])]
+    assert changed == [3, 6, 9]
+    assert res.summary["blocks"] == 3
+    assert torch.equal(res.recon, m.z[0, 0].unsqueeze(0) if m.z.ndim == 4 else res.recon)
+
+
+def test_aseq_z_not_in_optimizer(problem):
+    m = get_method("aseq")(**{**FAST, "iterations": 2})
+    m.run(problem, RunContext(seed=0))
+    assert all(p is not m.z for g in m.param_groups(1e-3) for p in g["params"])
+
+
+def test_self_guided_z_receives_gradients_and_returns_ema(problem):
+    m = get_method("self-guided")(**{**FAST, "iterations": 10})
+    grads = []
+
+    def progress(it, total, row):
+        grads.append(None if m.z.grad is None else float(m.z.grad.abs().sum()))
+
+    res = m.run(problem, RunContext(seed=0, progress=progress))
+    assert m.z.requires_grad and all(g is not None and g > 0 for g in grads)
+    z_init = problem.to_image(problem.x_init)
+    assert not torch.equal(m.z.detach(), z_init)  # z moved
+    assert torch.equal(res.recon, res.extras["ema"])
+    assert any(g["lr"] == m.p["z_lr"] for g in m.param_groups(m.p["lr"]))
+
+
+def test_unknown_parameter_is_a_clear_user_error():
+    with pytest.raises(UserError, match=r"method 'vanilla' has no parameter 'tv_weight'.*known parameters: .*iterations"):
+        get_method("vanilla")(tv_weight=0.1)
+    with pytest.raises(UserError, match="input must be one of"):
+        get_method("tv")(input="photo")
+    with pytest.raises(UserError, match="expects float"):
+        get_method("tv")(tv_weight="lots")
+    m = get_method("tv")(tv_weight="0.5", iterations="7", input=None)
+    assert m.p["tv_weight"] == 0.5 and m.p["iterations"] == 7 and m.p["input"] == "noise"
+
+
+def test_presets_have_sources_for_every_param():
+    import yaml
+
+    from ctdip.methods._dip import PRESET_DIR
+
+    for name in ["vanilla", "tv", "tv-hqs", "admm", "hqs-denoiser", "red", "self-guided", "aseq", "edip", "edip-fe"]:
+        data = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+        assert set(data["params"]) and set(data["sources"]) <= set(data["params"])
+        get_method(name)()  # defaults are valid
+    aseq = yaml.safe_load((PRESET_DIR / "aseq.yaml").read_text())["params"]
+    assert (aseq["lam"], aseq["inner"], aseq["iterations"] // aseq["inner"], aseq["lr"]) == (1.0, 2, 2000, 1e-4)
+
+
+def test_denoiser_methods_accept_cnn_weights(problem, tmp_path):
+    from ctdip.networks import build_network
+    from ctdip.networks.weights import save_weights
+
+    arch = {"name": "drunet", "dim": 2, "in_channels": 2, "out_channels": 1, "channels": [8, 16], "blocks": 1}
+    save_weights(tmp_path / "den.pt", build_network(arch).state_dict(), arch, kind="denoiser")
+    _, res = run("admm", problem, iterations=10, denoiser=str(tmp_path / "den.pt"))
+    assert res.summary["denoiser"] == "cnn:den.pt"
+    with pytest.raises(UserError, match="method 'red'.*unknown denoiser"):
+        run("red", problem, iterations=2, denoiser="magic")
+
+
+# ----------------------------------------------------------------------------- EDIP
+def _weights(problem, tmp_path, key=None):
+    from ctdip.networks import build_network, network_preset
+    from ctdip.networks.weights import problem_geometry_key, save_weights
+
+    arch = network_preset("tiny", 2)
+    torch.manual_seed(11)
+    net = build_network(arch)
+    return save_weights(tmp_path / "warm.pt", net.state_dict(), arch, kind="unet",
+                        geometry_key=key or problem_geometry_key(problem)), net
+
+
+def test_edip_warm_start_min_loss_pick(problem, tmp_path):
+    path, net0 = _weights(problem, tmp_path)
+    m, res = run("edip", problem, iterations=30, weights=str(path), lr=0.003)
+    h = res.history
+    assert h[-1]["loss"] < h[0]["loss"]
+    s = res.summary
+    assert s["returned"] == "min_loss" and s["weights"] == str(path) and s["frozen_parameters"] == 0
+    # the returned image is the minimum-loss iterate
+    assert s["min_loss"] == pytest.approx(min(r["loss"] for r in h), rel=0, abs=1e-12) or s["min_loss"] <= min(r["loss"] for r in h)
+    assert m.engine.picks.min_loss_iter == s["min_loss_iter"]
+    assert torch.equal(res.recon, problem.to_volume(m.engine.picks.min_loss_image)[0, 0])
+
+
+def test_edip_fe_freezes_exactly_the_encoder(problem, tmp_path):
+    path, net0 = _weights(problem, tmp_path)
+    m, res = run("edip-fe", problem, iterations=10, weights=str(path), lr=0.01)
+    before = net0.state_dict()
+    after = m.network.state_dict()
+    enc = {n for n, _ in m.network.named_parameters() if n.startswith(("inc.", "down."))}
+    assert enc and res.summary["frozen_parameters"] == sum(p.numel() for n, p in m.network.named_parameters() if n in enc)
+    for n, p in m.network.named_parameters():
+        if n in enc:
+            assert torch.equal(before[n], after[n]) and not p.requires_grad, n
+    assert any(not torch.equal(before[n], after[n]) for n in after if n.startswith(("up.", "outc.")))
+
+
+def test_edip_geometry_mismatch_refused_unless_forced(problem, tmp_path):
+    path, _ = _weights(problem, tmp_path, key="0123456789abcdef")
+    with pytest.raises(UserError, match="another geometry.*--force"):
+        run("edip", problem, iterations=2, weights=str(path))
+    _, res = run("edip", problem, iterations=2, weights=str(path), force=True)
+    assert res.summary["weights_geometry_key"] == "0123456789abcdef"
+    with pytest.raises(UserError, match="weights file not found"):
+        run("edip", problem, iterations=2, weights=str(tmp_path / "missing.pt"))
+
+
+def test_holdout_residual_logged():
+    p = make_problem(n=32, views=30, holdout=0.2)
+    assert p.A_held is not None
+    _, res = run("vanilla", p, iterations=10)
+    vals = [r["holdout"] for r in res.history]
+    assert all(v is not None and v > 0 for v in vals) and vals[-1] < vals[0]
+    assert "final_holdout" in res.summary
