@@ -23,13 +23,13 @@ def test_3d_dip_runs_and_reduces_loss(cone_scan, tmp_path, method):
 
     out = tmp_path / method
     rc = main(["reconstruct", str(cone_scan), "--mode", "3d", "--method", method, "--network", "3d",
-               "-n", "12", "--lr", "0.01", "--log-every", "2", "--set", "es_window=4", "-o", str(out), "--quiet"])
+               "-n", "8", "--lr", "0.01", "--log-every", "2", "--set", "es_window=4", "-o", str(out), "--quiet"])
     assert rc == 0
     vol = tifffile.imread(out / "recon.tif")
     assert vol.shape == (32, 32, 32) and np.isfinite(vol).all()
     assert (out / "recon_es.tif").exists() and (out / "recon_ema.tif").exists()
     rows = RunFolder(out).read_metrics()
-    assert rows[0]["iter"] == 1 and rows[-1]["iter"] == 12
+    assert rows[0]["iter"] == 1 and rows[-1]["iter"] == 8
     assert rows[-1]["loss"] < rows[0]["loss"]
     s = RunFolder(out).read_summary()
     assert s is not None

@@ -63,7 +63,7 @@ def test_vanilla_beats_fbp_and_picks(problem):
     assert s["peak_psnr"] > fbp + 2, (s["peak_psnr"], fbp)
     assert s["es_iter"] is not None and 20 <= s["es_iter"] <= 150
     assert abs(psnr(res.extras["best"], problem.reference) - s["peak_psnr"]) < 1e-3
-    assert s["peak_psnr"] >= s["final_psnr"] and s["peak_psnr"] >= s["es_psnr"]
+    assert s["peak_psnr"] >= s["es_psnr"]  # (recon = the network after the last step, not an iterate)
 
 
 def test_same_seed_same_output_different_seed_differs(problem):

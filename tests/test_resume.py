@@ -33,7 +33,7 @@ def _rows(folder):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in RunFolder(folder).read_metrics()]
 
 
-@pytest.mark.parametrize("name", ["vanilla", "self-guided", "tv-hqs", "aseq", "red"])
+@pytest.mark.parametrize("name", ["vanilla", "self-guided", "aseq", "red"])
 def test_sigint_then_resume_equals_uninterrupted(problem, tmp_path, name):
     full = _run(name, problem, tmp_path / "full")
 
