@@ -15,8 +15,8 @@ echo "== fbp"
 "$CTDIP" reconstruct "$OUT/walnut-scan" --method fbp -o "$OUT/fbp"
 echo "== pdhg-tv (isotropic TV, 300 iterations)"
 "$CTDIP" reconstruct "$OUT/walnut-scan" --method pdhg-tv -o "$OUT/pdhg-tv"
-# Deep Image Prior with the light network (enabled once the vanilla method is in place):
-if [ "${DEMO_DIP:-0}" = "1" ]; then
+# Deep Image Prior with the light network (DEMO_DIP=0 skips it):
+if [ "${DEMO_DIP:-1}" = "1" ]; then
   echo "== vanilla DIP (light network)"
   "$CTDIP" reconstruct "$OUT/walnut-scan" --method vanilla --network light --iterations 600 -o "$OUT/vanilla"
 fi
