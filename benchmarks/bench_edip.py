@@ -87,6 +87,11 @@ def rise(curve: list, target: float) -> tuple[int | None, float | None]:
     return it, t
 
 
+def _command() -> str:
+    return " ".join([".venv/bin/python", "benchmarks/bench_edip.py", *(f"'{a}'" if " " in a else a
+                                                                      for a in sys.argv[1:])])
+
+
 def fmt(v, nd=2):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
@@ -96,9 +101,10 @@ def fmt(v, nd=2):
 def write_markdown(R: dict, args, path: Path) -> None:
     from ctdip.metrics import steady_psnr
 
-    cmd = " ".join([".venv/bin/python", "benchmarks/bench_edip.py", *sys.argv[1:]])
+    cmds = R.get("commands") or [_command()]
     L = ["# EDIP warm start vs vanilla DIP; ADMM with a trained denoiser vs TV prox", "",
-         f"Command: `{cmd}`", "",
+         "Commands (stages run as separate processes write into one results file):", "",
+         *[f"    {c}" for c in cmds], "",
          f"Setup: {args.size}² procedural walnut slice, fan beam 360°, {int(1.5 * args.size)} detector pixels, "
          f"{args.views} views, Gaussian noise {args.noise:g} × mean|Ax|, matrix backend, seed 0, "
          f"{args.threads} CPU thread(s) on a shared 2-core machine (wall times are indicative, other jobs ran "
@@ -185,6 +191,9 @@ def main(argv=None) -> int:
     ap.add_argument("--denoiser-steps", type=int, default=1500)
     ap.add_argument("--denoiser-size", default="small")
     ap.add_argument("--admm-sigmas", type=float, nargs="*", default=[0.1, 0.05])
+    ap.add_argument("--edip-lrs", type=float, nargs="*", default=[],
+                    help="extra edip runs with these learning rates (preset: 1e-4, the paper's)")
+    ap.add_argument("--dip-runs", nargs="*", default=None, help="only these run labels of the dip stage")
     ap.add_argument("--stages", nargs="*", default=["pretrain", "dip", "denoiser", "admm"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=str(ROOT / ".work"))
@@ -212,6 +221,8 @@ def main(argv=None) -> int:
         for key in ("runs", "admm"):
             if key in R:
                 disk.setdefault(key, {}).update(R[key])
+        if _command() not in disk.setdefault("commands", []):
+            disk["commands"].append(_command())
         tmp = jpath.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(disk, indent=1, default=str))
         tmp.replace(jpath)
@@ -237,6 +248,9 @@ def main(argv=None) -> int:
         base = {"iterations": args.iterations, "network": args.network, "log_every": 10, "checkpoint_every": 0}
         plan = [("vanilla", "vanilla", {}), ("vanilla (fbp input)", "vanilla", {"input": "fbp"}),
                 ("edip", "edip", {"weights": str(weights)}), ("edip-fe", "edip-fe", {"weights": str(weights)})]
+        plan += [(f"edip (lr {lr:g})", "edip", {"weights": str(weights), "lr": lr}) for lr in args.edip_lrs]
+        if args.dip_runs:
+            plan = [p for p in plan if p[0] in args.dip_runs]
         R.setdefault("runs", {})
         for key, name, extra in plan:
             r = run_method(name, problem, {**base, **extra})
