@@ -56,7 +56,8 @@ def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = 
     if voxel_mm:
         ny, nx = r.shape
         extent = (0, nx * voxel_mm, ny * voxel_mm, 0)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.0), squeeze=False,
+                             layout="constrained")
     for ax, (name, img, kind) in zip(axes[0], panels):
         if kind == "err":
             m = float(np.percentile(np.abs(img), 99)) or 1e-6
