@@ -50,6 +50,7 @@ import yaml
 
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult, RunContext
+from ctdip.tv import grad, grad_adjoint, tv  # noqa: F401  (grad, grad_adjoint re-exported)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "methods"
 
@@ -224,36 +225,6 @@ class CGLS(ClassicalMethod):
                 return st["x"], float(st["r"].pow(2).sum()), 0.0
 
             return self._iterate(problem, ctx, int(self.p["iterations"]), step, x)
-
-
-def grad(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Forward differences along ``dims`` (Neumann: zero at the last index) -> (len(dims), *x.shape)."""
-    out = []
-    for d in dims:
-        g = torch.zeros_like(x)
-        n = x.shape[d]
-        if n > 1:
-            g.narrow(d, 0, n - 1).copy_(x.narrow(d, 1, n - 1) - x.narrow(d, 0, n - 1))
-        out.append(g)
-    return torch.stack(out)
-
-
-def grad_adjoint(q: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """The exact adjoint of :func:`grad` (= minus the divergence)."""
-    out = torch.zeros_like(q[0])
-    for i, d in enumerate(dims):
-        g = q[i]
-        n = g.shape[d]
-        if n > 1:
-            gi = g.narrow(d, 0, n - 1)
-            out.narrow(d, 0, n - 1).sub_(gi)
-            out.narrow(d, 1, n - 1).add_(gi)
-    return out
-
-
-def tv(x: torch.Tensor, dims: tuple[int, ...]) -> float:
-    """Isotropic total variation sum_i |(grad x)_i|_2."""
-    return float(grad(x, dims).pow(2).sum(0).sqrt().sum())
 
 
 class PDHGTV(ClassicalMethod):

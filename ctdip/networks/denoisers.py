@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from ctdip import tv
 from ctdip.errors import UserError
 
 
@@ -37,37 +38,19 @@ class Denoiser(Protocol):
 
 
 # --------------------------------------------------------------------------- finite differences
-def grad(x: torch.Tensor) -> torch.Tensor:
-    """Forward differences over the spatial dims (2..) with zero at the far boundary.
+def _spatial(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(2, x.ndim))
 
-    (N, C, *S) -> (d, N, C, *S)."""
-    out = []
-    for ax in range(2, x.ndim):
-        g = torch.zeros_like(x)
-        n = x.shape[ax]
-        if n > 1:
-            g.narrow(ax, 0, n - 1).copy_(x.narrow(ax, 1, n - 1) - x.narrow(ax, 0, n - 1))
-        out.append(g)
-    return torch.stack(out)
+
+def grad(x: torch.Tensor) -> torch.Tensor:
+    """Forward differences over the spatial dims (2..) with zero at the far boundary
+    (:func:`ctdip.tv.grad`). (N, C, *S) -> (d, N, C, *S)."""
+    return tv.grad(x, _spatial(x))
 
 
 def div(p: torch.Tensor) -> torch.Tensor:
     """Divergence, the negative adjoint of :func:`grad`: ``<grad x, p> = -<x, div p>``."""
-    d = p.shape[0]
-    out = torch.zeros_like(p[0])
-    for k in range(d):
-        ax = k + 2
-        q = p[k]
-        n = q.shape[ax]
-        if n == 1:
-            continue
-        dk = torch.zeros_like(q)
-        dk.narrow(ax, 0, 1).copy_(q.narrow(ax, 0, 1))
-        if n > 2:
-            dk.narrow(ax, 1, n - 2).copy_(q.narrow(ax, 1, n - 2) - q.narrow(ax, 0, n - 2))
-        dk.narrow(ax, n - 1, 1).copy_(-q.narrow(ax, n - 2, 1))
-        out = out + dk
-    return out
+    return tv.div(p, _spatial(p[0]))
 
 
 def tv_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
