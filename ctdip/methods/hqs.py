@@ -10,7 +10,8 @@ With an increasing coupling mu_k and the denoiser strength tied to it, sigma_k =
                                    mu_{k+1} = min(mu_growth mu_k, mu_max)
 
 ``D`` as in ``admm`` (``tv``, ``bm3d`` or a CNN weight file). With ``denoiser: tv`` this is tv-hqs
-with D = prox_{sigma^2 TV}.
+with D = prox_{sigma^2 TV}; ``tv-hqs`` (ctdip.methods.tv_hqs) is this class with the TV prox
+as its u-step.
 """
 
 from __future__ import annotations
@@ -27,15 +28,24 @@ from ctdip.methods._splitting import make_denoiser
 class HQSDenoiser(DIPMethod):
     name = "hqs-denoiser"
     extra_defaults = {"denoiser": "tv", "lam": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "inner": 5}
+    #: the parameter holding the number of theta-steps between u-steps
+    u_every_param = "inner"
 
     def setup(self, problem, gen):
-        self.denoiser = make_denoiser(self)
+        self.setup_denoiser()
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
         self.mu = float(self.p["mu"])
 
+    def setup_denoiser(self) -> None:
+        self.denoiser = make_denoiser(self)
+
     def sigma(self) -> float:
         return math.sqrt(float(self.p["lam"]) / self.mu)
+
+    def u_step(self, image: torch.Tensor) -> torch.Tensor:
+        """The auxiliary update ``u <- D(x, sigma_k)`` (module docstring)."""
+        return self.denoiser(image, self.sigma())
 
     def objective(self, it, gen):
         x = self.network(self.z)
@@ -45,8 +55,8 @@ class HQSDenoiser(DIPMethod):
 
     @torch.no_grad()
     def after_step(self, it, image, gen):
-        if it % int(self.p["inner"]) == 0:
-            self.u = self.denoiser(image, self.sigma())
+        if it % int(self.p[self.u_every_param]) == 0:
+            self.u = self.u_step(image)
             self.mu = min(self.mu * float(self.p["mu_growth"]), float(self.p["mu_max"]))
 
     def method_state(self):

@@ -17,39 +17,24 @@ from __future__ import annotations
 
 import torch
 
-from ctdip.engine import StepOut
-from ctdip.methods._dip import DIPMethod
+from ctdip.methods.hqs import HQSDenoiser
 from ctdip.networks.denoisers import tv_prox
 
 
-class TVHQS(DIPMethod):
+class TVHQS(HQSDenoiser):
+    """:class:`ctdip.methods.hqs.HQSDenoiser` with the u-step ``prox_{(lambda/mu_k) TV_sum}``."""
+
     name = "tv-hqs"
     extra_defaults = {"tv_weight": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "u_every": 5,
                       "prox_iterations": 30}
+    u_every_param = "u_every"
 
-    def setup(self, problem, gen):
-        with torch.no_grad():
-            self.u = self.network(self.z).detach().clone()
-        self.mu = float(self.p["mu"])
+    def setup_denoiser(self) -> None:
+        pass
 
-    def objective(self, it, gen):
-        x = self.network(self.z)
-        fit = self.data_fit(x)
-        pen = 0.5 * self.mu * ((x - self.u) ** 2).mean()
-        return StepOut(loss=fit + pen, image=x, data_fit=fit, reg=pen)
-
-    @torch.no_grad()
-    def after_step(self, it, image, gen):
-        if it % int(self.p["u_every"]) == 0:
-            # both objective terms are means over voxels, so the 1/n cancels: weight lambda/mu on TV_sum
-            self.u = tv_prox(image, float(self.p["tv_weight"]) / self.mu, int(self.p["prox_iterations"]))
-            self.mu = min(self.mu * float(self.p["mu_growth"]), float(self.p["mu_max"]))
-
-    def method_state(self):
-        return {"u": self.u, "mu": self.mu}
-
-    def load_method_state(self, state):
-        self.u, self.mu = state["u"].to(self.problem.device), float(state["mu"])
+    def u_step(self, image: torch.Tensor) -> torch.Tensor:
+        # both objective terms are means over voxels, so the 1/n cancels: weight lambda/mu on TV_sum
+        return tv_prox(image, float(self.p["tv_weight"]) / self.mu, int(self.p["prox_iterations"]))
 
     def extra_summary(self):
         return {"final_mu": self.mu}
