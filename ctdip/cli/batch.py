@@ -9,23 +9,13 @@ from typing import List, Optional
 
 import typer
 
+from ctdip.cli._options import INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, parse_set
+
 
 def parse_params(items: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs -> dict, values parsed as YAML scalars (``lr=1e-4`` -> 0.0001)."""
-    import yaml
-
-    from ctdip.errors import UserError
-
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise UserError(f"--set '{it}' is not KEY=VALUE")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            out[k.strip()] = v
-    return out
+    """``KEY=VALUE`` pairs -> dict, values parsed as YAML scalars (``lr=1e-4`` -> 0.0001); keys are
+    only stripped (see :func:`ctdip.cli._options.parse_set`)."""
+    return parse_set(items, strict_keys=False, message="{option} '{item}' is not KEY=VALUE")
 
 
 def register(app: typer.Typer) -> None:
@@ -36,19 +26,19 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(
             None, "--output", "-o", help="Parent folder of the run folders <output>/<scan name>/ [default: runs/batch_<method>]."),
         set_: Optional[List[str]] = typer.Option(None, "--set", "--param", "-p", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
-        iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Iterations (method param)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (DIP methods)."),
-        input_: Optional[str] = typer.Option(None, "--input", help="Network input: noise, fbp, adjoint or learnable."),
-        network: Optional[str] = typer.Option(None, "--network", help="Network preset name or YAML file."),
-        tv_weight: Optional[float] = typer.Option(None, "--tv-weight", help="TV weight (pdhg-tv, tv, ...)."),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (EDIP)."),
+        iterations: Optional[int] = ITERATIONS,
+        lr: Optional[float] = LR,
+        input_: Optional[str] = INPUT,
+        network: Optional[str] = NETWORK,
+        tv_weight: Optional[float] = TV_WEIGHT,
+        weights: Optional[Path] = WEIGHTS,
         setup: Optional[str] = typer.Option(None, "--setup", help="Acquisition preset (presets/setups/NAME.yaml)."),
         angles: Optional[int] = typer.Option(None, "--angles", help="Use K equispaced views."),
         size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N."),
         slice_: Optional[str] = typer.Option(None, "--slice", help="Slice index (2D mode), 'mid' or +/-offset."),
         mode: Optional[str] = typer.Option(None, "--mode", help="2d (default) or 3d."),
         bin_: Optional[int] = typer.Option(None, "--bin", help="Detector binning."),
-        orbit: Optional[int] = typer.Option(None, "--orbit", help="Walnut layout: source position 1, 2 (default) or 3."),
+        orbit: Optional[int] = ORBIT,
         seed: int = typer.Option(0, "--seed", help="Seed for every specimen."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:i]."),
         backend: str = typer.Option("auto", "--backend", help="Projector backend."),
@@ -87,7 +77,7 @@ def register(app: typer.Typer) -> None:
             options["time_limit"] = parse_time_limit(time_limit)
         params = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
                   "weights": None if weights is None else str(weights.resolve())}
-        params = {k: v for k, v in params.items() if v is not None}
+        params = given(params)
         params.update(parse_params(set_))
         slurm = SlurmOptions(partition=partition, time=time_, gpus=gpus, mem=mem, cpus=cpus,
                              array_parallelism=array_parallelism, account=account, qos=qos,

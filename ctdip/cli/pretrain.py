@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 
+from ctdip.cli._options import ORBIT
 from ctdip.errors import UserError
 
 HELP = ("Pretrain the DIP U-Net on synthetic ellipses for a geometry (EDIP warm start); "
@@ -142,7 +143,7 @@ def pretrain_command(
     slice_: Optional[str] = typer.Option(None, "--slice", help="Volume slice for 2D: index, 'mid' or offset like +3."),
     size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N (N x N in-plane)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="2d (one slice, default) or 3d (volume)."),
-    orbit: Optional[int] = typer.Option(None, "--orbit", help="Walnut layout: source position 1, 2 (default) or 3."),
+    orbit: Optional[int] = ORBIT,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Weights file to write (.pt)."),
     network: str = typer.Option("light", "--network", help="U-Net preset (paper, light, tiny, 3d) or YAML file."),
     samples: int = typer.Option(2000, "--samples", help="Fresh ellipse phantoms per epoch."),

@@ -10,30 +10,13 @@ from typing import List, Optional
 
 import typer
 
+from ctdip.cli._options import (INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given,
+                                parse_set)
 from ctdip.errors import UserError
 
 # named options that map to method params of the same name (dashes -> underscores)
 METHOD_OPTIONS = ("iterations", "lr", "input", "network", "tv_weight", "weights", "denoiser", "force",
                   "log_every", "checkpoint_every")
-
-
-def parse_set(items: list[str] | None) -> dict:
-    """``--set key=value`` pairs; values are YAML-parsed (``1e-3`` -> float, ``[1, 2]`` -> list)."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
-        k, v = item.split("=", 1)
-        k = k.strip().replace("-", "_")
-        if not k:
-            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            out[k] = yaml.safe_load(v) if v.strip() else None
-        except yaml.YAMLError:
-            out[k] = v
-    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -48,13 +31,13 @@ def register(app: typer.Typer) -> None:
         slice_: Optional[str] = typer.Option(None, "--slice", help="Volume slice for 2D: index, 'mid', or offset like +3."),
         mode: Optional[str] = typer.Option(None, "--mode", help="2d (one slice, default) or 3d."),
         size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N (same field of view)."),
-        orbit: Optional[int] = typer.Option(None, "--orbit", help="Walnut layout: source position 1, 2 (default) or 3."),
-        iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="Iterations (method param)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (DIP methods)."),
-        input_: Optional[str] = typer.Option(None, "--input", help="Network input: noise, fbp, adjoint or learnable."),
-        network: Optional[str] = typer.Option(None, "--network", help="Network preset name or YAML file."),
-        tv_weight: Optional[float] = typer.Option(None, "--tv-weight", help="TV weight (pdhg-tv, tv, ...)."),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (EDIP)."),
+        orbit: Optional[int] = ORBIT,
+        iterations: Optional[int] = ITERATIONS,
+        lr: Optional[float] = LR,
+        input_: Optional[str] = INPUT,
+        network: Optional[str] = NETWORK,
+        tv_weight: Optional[float] = TV_WEIGHT,
+        weights: Optional[Path] = WEIGHTS,
         denoiser: Optional[str] = typer.Option(None, "--denoiser", help="Denoiser: FILE, tv or bm3d."),
         force: Optional[bool] = typer.Option(None, "--force", help="Method param 'force' (e.g. accept mismatched weights)."),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
@@ -77,10 +60,10 @@ def register(app: typer.Typer) -> None:
         named = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
                  "weights": None if weights is None else str(weights), "denoiser": denoiser, "force": force,
                  "log_every": log_every, "checkpoint_every": checkpoint_every}
-        params = {k: v for k, v in named.items() if v is not None}
+        params = given(named)
         params.update(parse_set(set_))
-        scan_opts = {k: v for k, v in {"angles": angles, "bin": bin_, "slice": slice_, "mode": mode, "size": size,
-                                       "orbit": orbit}.items() if v is not None}
+        scan_opts = given({"angles": angles, "bin": bin_, "slice": slice_, "mode": mode, "size": size,
+                           "orbit": orbit})
         extra: dict = {}
         if resume is not None:
             cfg = resume_settings(resume)

@@ -1,0 +1,50 @@
+"""Option declarations and parsing helpers shared by ``reconstruct``, ``batch`` and ``pretrain``.
+
+Each constant is a ``typer.Option`` used as the default of a command parameter, so the flag, its
+default and its help text are written once for every command that takes it.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ctdip.errors import UserError
+
+# method parameters with their own flag (``reconstruct`` and ``batch``)
+ITERATIONS = typer.Option(None, "--iterations", "-n", help="Iterations (method param).")
+LR = typer.Option(None, "--lr", help="Learning rate (DIP methods).")
+INPUT = typer.Option(None, "--input", help="Network input: noise, fbp, adjoint or learnable.")
+NETWORK = typer.Option(None, "--network", help="Network preset name or YAML file.")
+TV_WEIGHT = typer.Option(None, "--tv-weight", help="TV weight (pdhg-tv, tv, ...).")
+WEIGHTS = typer.Option(None, "--weights", help="Pretrained weights file (EDIP).")
+# scan option (``reconstruct``, ``batch`` and ``pretrain``)
+ORBIT = typer.Option(None, "--orbit", help="Walnut layout: source position 1, 2 (default) or 3.")
+
+
+def given(named: dict) -> dict:
+    """The entries of ``named`` whose value is not None (options the user gave)."""
+    return {k: v for k, v in named.items() if v is not None}
+
+
+def parse_set(items: list[str] | None, *, option: str = "--set", strict_keys: bool = True,
+              message: str = "{option} expects KEY=VALUE, got '{item}'") -> dict:
+    """``KEY=VALUE`` pairs -> dict; values are YAML-parsed (``1e-3`` -> float, ``[1, 2]`` -> list;
+    an empty value -> None; unparsable YAML stays a string). With ``strict_keys`` the key's dashes
+    become underscores and an empty key is an error; otherwise the key is only stripped."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(message.format(option=option, item=item))
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if strict_keys:
+            k = k.replace("-", "_")
+            if not k:
+                raise UserError(message.format(option=option, item=item))
+        try:
+            out[k] = yaml.safe_load(v) if v.strip() else None
+        except yaml.YAMLError:
+            out[k] = v
+    return out
