@@ -260,6 +260,45 @@ def _write_log(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _one_cycle(net: torch.nn.Module, lr: float, total_steps: int):
+    """Adam with the one-cycle schedule (peak ``lr``, 30 % warm-up) used by both trainers."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.3,
+                                                cycle_momentum=False)
+    return opt, sched
+
+
+def _optimiser_step(opt, sched, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+def _load_training_state(state_path: Path, device: torch.device, arch: dict, spec: dict, net: torch.nn.Module,
+                         opt, sched, *, what: str, mismatch: str) -> dict:
+    """Restore network, optimiser and schedule from ``state.pt`` (``--resume``) and return the state.
+
+    A missing file or one made with another ``arch`` / ``spec`` is a :class:`UserError`."""
+    if not state_path.exists():
+        raise UserError(f"nothing to resume: no {what} state found", path=state_path)
+    st = torch.load(state_path, map_location=device, weights_only=True)
+    if st.get("arch") != arch or st.get("spec") != spec:
+        raise UserError(mismatch, path=state_path)
+    net.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    return st
+
+
+def _save_training_state(ckdir: Path, net: torch.nn.Module, opt, sched, **fields: Any) -> None:
+    """Write ``ckdir/state.pt`` (network, optimiser, schedule and ``fields``) and ``ckdir/log.csv``
+    (from ``fields["history"]``)."""
+    _save_state(ckdir / "state.pt", {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), **fields})
+    _write_log(ckdir / "log.csv", fields["history"])
+
+
 def checkpoint_dir(out: str | Path) -> Path:
     """Folder beside ``out`` holding ``state.pt`` (resume), ``best.pt``, ``step_NNNNNN.pt``, ``log.csv``."""
     out = Path(out)
@@ -297,9 +336,7 @@ def pretrain(
 
     torch.manual_seed(cfg.seed)
     net = build_network(arch).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.3,
-                                                cycle_momentum=False)
+    opt, sched = _one_cycle(net, cfg.lr, total)
     spec = {"phantoms": "random_ellipses", "n_ellipses": cfg.n_ellipses, "noise_rel": cfg.noise,
             "input": f"fbp:{cfg.fbp_filter}", "scale": cfg.scale, "batch_size": cfg.batch_size,
             "steps": total, "lr": cfg.lr, "schedule": "one-cycle", "seed": cfg.seed,
@@ -314,16 +351,9 @@ def pretrain(
     samples_done, gen_s, train_s = 0, 0.0, 0.0
     state_path = ckdir / "state.pt"
     if resume:
-        if not state_path.exists():
-            raise UserError("nothing to resume: no pretraining state found", path=state_path)
-        st = torch.load(state_path, map_location=dev, weights_only=True)
-        if st.get("arch") != arch or st.get("spec") != spec:
-            raise UserError("the saved pretraining state was made with other settings "
-                            "(architecture, data or schedule); start afresh without --resume",
-                            path=state_path)
-        net.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        st = _load_training_state(state_path, dev, arch, spec, net, opt, sched, what="pretraining",
+                                  mismatch="the saved pretraining state was made with other settings "
+                                           "(architecture, data or schedule); start afresh without --resume")
         step, history, best = int(st["step"]), list(st["history"]), dict(st["best"])
         samples_done = int(st["samples"])
         gen_s, train_s = float(st.get("gen_s", 0.0)), float(st.get("train_s", 0.0))
@@ -344,11 +374,8 @@ def pretrain(
         return {"val_loss": vl, "val_psnr": vp}
 
     def save_state() -> None:
-        _save_state(state_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), "step": step, "history": history,
-                                 "best": best, "samples": samples_done, "arch": arch, "spec": spec,
-                                 "gen_s": gen_s, "train_s": train_s})
-        _write_log(ckdir / "log.csv", history)
+        _save_training_state(ckdir, net, opt, sched, step=step, history=history, best=best, samples=samples_done,
+                             arch=arch, spec=spec, gen_s=gen_s, train_s=train_s)
 
     def extra(tag: str) -> dict:
         return {"step": step, "tag": tag, "best_step": best["step"], "val_psnr_shepp_logan": best["psnr"]}
@@ -369,10 +396,7 @@ def pretrain(
         t1 = time.perf_counter()
         pred = _from_net(net(_net_input(xin, dim)), dim)
         loss = torch.mean((pred - xt) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimiser_step(opt, sched, loss)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t2 = time.perf_counter()

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ctdip.errors import UserError
-from ctdip.pretrain import Progress, _generator, _save_state, _write_log, checkpoint_dir
+from ctdip.pretrain import (Progress, _generator, _load_training_state, _one_cycle, _optimiser_step,
+                            _save_training_state, checkpoint_dir)
 from ctdip.runs import atomic_write_bytes
 
 VAL_SIGMAS = (0.05, 0.1, 0.2)
@@ -213,24 +214,16 @@ def train_denoiser(
             "seed": cfg.seed}
     torch.manual_seed(cfg.seed)
     net = build_network(arch).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.3,
-                                                cycle_momentum=False)
+    opt, sched = _one_cycle(net, cfg.lr, cfg.steps)
     sampler = ImageSampler(cfg, dev)
     val = validation_set(cfg, dev)
     step, history, best = 0, [], {"mse": math.inf, "step": None}
     samples, busy_s = 0, 0.0
     state_path = ckdir / "state.pt"
     if resume:
-        if not state_path.exists():
-            raise UserError("nothing to resume: no denoiser training state found", path=state_path)
-        st = torch.load(state_path, map_location=dev, weights_only=True)
-        if st.get("arch") != arch or st.get("spec") != spec:
-            raise UserError("the saved training state was made with other settings; start afresh "
-                            "without --resume", path=state_path)
-        net.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        st = _load_training_state(state_path, dev, arch, spec, net, opt, sched, what="denoiser training",
+                                  mismatch="the saved training state was made with other settings; start afresh "
+                                           "without --resume")
         step, history, best = int(st["step"]), list(st["history"]), dict(st["best"])
         samples, busy_s = int(st["samples"]), float(st["busy_s"])
         if log:
@@ -249,11 +242,8 @@ def train_denoiser(
                        extra={"step": step, "tag": tag, "val": history[-1] if history else {}})
 
     def save_state() -> None:
-        _save_state(state_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), "step": step, "history": history,
-                                 "best": best, "samples": samples, "busy_s": busy_s, "arch": arch,
-                                 "spec": spec})
-        _write_log(ckdir / "log.csv", history)
+        _save_training_state(ckdir, net, opt, sched, step=step, history=history, best=best, samples=samples,
+                             busy_s=busy_s, arch=arch, spec=spec)
 
     if step == 0 and not history:
         history.append(row_val({"step": 0, "samples": 0, "lr": float(sched.get_last_lr()[0])}))
@@ -267,10 +257,7 @@ def train_denoiser(
                                                                            device=g.device).to(dev)
         noisy = clean + sig.reshape(-1, 1, 1, 1) * torch.randn(clean.shape, generator=g, device=g.device).to(dev)
         loss = torch.mean(torch.abs(net(noisy, sig) - clean))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimiser_step(opt, sched, loss)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         busy_s += time.perf_counter() - t0
