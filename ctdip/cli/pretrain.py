@@ -54,26 +54,18 @@ def resolve_geometry(scan: Optional[Path], geometry: Optional[Path], setup: Opti
 def _geometry_from_yaml(path: Path, setup, angles, bin_, slice_, size, mode):
     """The options of :func:`ctdip.data.loader.load_scan` applied to a bare geometry.yaml."""
     from ctdip.data.ctdip_layout import parse_geometry
-    from ctdip.data.loader import detector_row_through, load_setup, parse_slice
+    from ctdip.data.loader import detector_row_through, mode_and_bin, parse_slice, scan_options
     from ctdip.geometry import VolumeGeometry
 
     if not Path(path).is_file():
         raise UserError("geometry file not found", path=path)
-    opts: dict = dict(load_setup(setup)["scan"]) if setup is not None else {}
-    for k, v in dict(angles=angles, bin=bin_, slice=slice_, mode=mode, size=size).items():
-        if v is not None:
-            opts[k] = v
+    opts = scan_options(setup, angles=angles, bin=bin_, slice=slice_, mode=mode, size=size)
     geom, vol = parse_geometry(path)
     if vol is None:
         vol = VolumeGeometry.fov(geom, geom.det_shape[1])
     if opts.get("angles") is not None:
         geom = geom.select(geom.view_indices(int(opts["angles"])))
-    mode_ = str(opts.get("mode") or "2d").lower()
-    if mode_ not in ("2d", "3d"):
-        raise UserError(f"--mode must be 2d or 3d, got {opts.get('mode')!r}")
-    b = int(opts.get("bin") or 1)
-    if b < 1:
-        raise UserError(f"--bin must be a positive integer, got {b}")
+    mode_, b = mode_and_bin(opts)
     if geom.det_shape[0] == 1 or geom.is_2d:
         if mode_ == "3d" and vol.shape[0] > 1:
             raise UserError("--mode 3d needs a multi-row detector; this geometry has one row", path=path)

@@ -168,18 +168,34 @@ def resample(ref: np.ndarray, old, new) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def scan_options(setup: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """The scan options of the acquisition preset ``setup`` (if any), overridden by the ``options``
+    that are not None."""
+    opts: dict[str, Any] = dict(load_setup(setup)["scan"]) if setup is not None else {}
+    for k, v in options.items():
+        if v is not None:
+            opts[k] = v
+    return opts
+
+
+def mode_and_bin(opts: dict[str, Any]) -> tuple[str, int]:
+    """The validated ``mode`` ('2d' default or '3d') and detector binning (default 1) of ``opts``."""
+    mode_ = str(opts.get("mode") or "2d").lower()
+    if mode_ not in ("2d", "3d"):
+        raise UserError(f"--mode must be 2d or 3d, got {opts.get('mode')!r}")
+    b = int(opts.get("bin") or 1)
+    if b < 1:
+        raise UserError(f"--bin must be a positive integer, got {b}")
+    return mode_, b
+
+
 def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = None, slice: Any = None,
               mode: str | None = None, size: int | None = None, orbit: int | None = None,
               setup: str | None = None, read_reference: bool = True) -> Scan:
     """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals."""
     from ctdip.geometry import VolumeGeometry, bin_projections
 
-    opts: dict[str, Any] = {}
-    if setup is not None:
-        opts.update(load_setup(setup)["scan"])
-    for k, v in dict(angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit).items():
-        if v is not None:
-            opts[k] = v
+    opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit)
     src = open_source(path, orbit=opts.get("orbit"))
     geom, vol = src.geometry, src.volume
     info: dict[str, Any] = {"layout": src.layout, "folder": str(Path(path)), "n_views_total": geom.n_views,
@@ -190,12 +206,7 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
         k = int(opts["angles"])
         views = geom.view_indices(k)
         geom = geom.select(views)
-    mode_ = str(opts.get("mode") or "2d").lower()
-    if mode_ not in ("2d", "3d"):
-        raise UserError(f"--mode must be 2d or 3d, got {opts.get('mode')!r}")
-    b = int(opts.get("bin") or 1)
-    if b < 1:
-        raise UserError(f"--bin must be a positive integer, got {b}")
+    mode_, b = mode_and_bin(opts)
     rows = geom.det_shape[0]
     rows_read = None
     if rows == 1 or geom.is_2d:
