@@ -12,6 +12,16 @@ os.environ.setdefault("CTDIP_CACHE_DIR", tempfile.mkdtemp(prefix="ctdip-test-cac
 torch.set_num_threads(int(os.environ.get("CTDIP_TEST_THREADS", "2")))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For tiny trainings: one torch thread for the module (avoids OpenMP oversubscription on a
+    shared 2-core runner), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run ``ctdip`` in-process: returns (exit_code, stdout, stderr)."""

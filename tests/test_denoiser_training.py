@@ -33,15 +33,6 @@ def test_drunet_shapes_sigma_forms_and_scale_equivariance():
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Training is tiny; one thread avoids OpenMP oversubscription on a shared 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("den") / "denoiser.pt"
     cfg = DenoiserConfig(size="tiny", patch=32, batch_size=12, steps=200, lr=3e-3, val_every=100,

@@ -10,15 +10,6 @@ from ctdip.networks import network_preset
 from ctdip.pretrain import PretrainConfig, checkpoint_dir, ensure_warm_start, pretrain, pretrain_for_problem
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny trainings; one thread avoids OpenMP oversubscription on a shared 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_problem(n: int, views: int = 20, seed: int = 0):
     from ctdip.data import Scan
     from ctdip.data.phantoms import walnut
