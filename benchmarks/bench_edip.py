@@ -35,25 +35,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 
-
-def make_problem(n: int, views: int, rel_noise: float = 0.05, seed: int = 0):
-    """The walnut fan-beam problem (same acquisition as benchmarks/bench_methods.py)."""
-    from ctdip.data import Scan
-    from ctdip.data.noise import gaussian_noise
-    from ctdip.data.phantoms import walnut
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators import RayTransform
-    from ctdip.problem import Problem
-
-    geom = ProjectionGeometry.circular("fan", np.linspace(0, 2 * np.pi, views, endpoint=False),
-                                       det_cols=int(1.5 * n), pixel_mm=1.0,
-                                       source_origin_mm=4.0 * n, source_detector_mm=6.0 * n)
-    vol = VolumeGeometry.fov(geom, n)
-    ref = walnut((n, n), seed=seed)[None].astype(np.float32)
-    y = RayTransform(geom, vol, backend="matrix")(torch.as_tensor(ref)).numpy()
-    noisy, _ = gaussian_noise(y, rel_noise, np.random.default_rng(seed + 1))
-    return Problem.from_scan(Scan(projections=noisy, geometry=geom, volume=vol, reference=ref), backend="matrix")
+from bench_methods import make_problem  # noqa: E402  (the same walnut problem as the methods table)
 
 
 def run_method(name: str, problem, params: dict, seed: int = 0) -> dict:
