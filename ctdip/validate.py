@@ -76,7 +76,7 @@ class Rule:
             try:
                 value = float(value.strip())
             except ValueError:
-                raise UserError(f"{option}: must be {what}, got {value!r}") from None
+                raise UserError(f"{option} {p}: must be {what}, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{option}: must be {what}, got {value!r}")
         v = float(value)
@@ -180,22 +180,22 @@ def check_output_path(path: str | Path, kind: str = "folder", *, option: str = "
     try:
         resolved = p.resolve()
     except (OSError, RuntimeError) as e:
-        raise UserError(f"{option}: not a usable path ({e})", path=p) from None
+        raise UserError(f"{option} {p}: not a usable path ({e})") from None
     if kind == "folder":
         cwd = Path.cwd().resolve()
         if resolved == cwd or resolved in cwd.parents:
-            raise UserError(f"{option}: the output folder must be a new folder, not the current directory "
-                            "or one of its parents", path=p)
+            raise UserError(f"{option} {p}: the output folder must be a new folder, not the current directory "
+                            "or one of its parents")
         if p.exists() and not p.is_dir():
-            raise UserError(f"{option}: exists and is a file, not a folder", path=p)
+            raise UserError(f"{option} {p}: exists and is a file, not a folder")
     else:
         if p.is_dir():
-            raise UserError(f"{option}: is a folder; give a file name", path=p)
+            raise UserError(f"{option} {p}: is a folder; give a file name")
     parent = resolved if (kind == "folder" and p.is_dir()) else resolved.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"{option}: {parent} is a file, so nothing can be created below it", path=p)
+        raise UserError(f"{option} {p}: {parent} is a file, so nothing can be created below it")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{option}: {parent} is not writable", path=p)
+        raise UserError(f"{option} {p}: {parent} is not writable")
     return p

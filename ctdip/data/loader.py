@@ -272,7 +272,8 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
             ref = resample(ref, vol, new_vol)
         vol = new_vol
     info.update({"mode": mode_, "views": views.tolist() if len(views) <= 4096 else None,
-                 "detector": list(g2.det_shape), "warnings": warnings})
+                 "detector": list(g2.det_shape), "warnings": warnings,
+                 "geometry_file": str(getattr(src, "geometry_path", path))})
     if print_warnings:
         for w in warnings:
             sys.stderr.write(f"warning: {w}\n")

@@ -191,6 +191,25 @@ class DIPMethod(Method, DIPModel):
         return res.image
 
     # ------------------------------------------------------------------ run
+    def preflight(self, problem) -> None:
+        """Resolve the network (preset name or YAML, its dimension), build it (or read and check
+        the weights file), and open the denoiser, so that a mistake fails before the run folder."""
+        self.problem = problem
+        if getattr(self, "ctx", None) is None:
+            self.ctx = RunContext(quiet=True)
+        self.arch = self.network_arch(problem)
+        self.check_network(problem)
+        if self.p.get("denoiser") is not None:
+            from ctdip.methods._splitting import make_denoiser
+
+            make_denoiser(self)
+
+    def check_network(self, problem) -> None:
+        """Build the network once (a bad architecture file fails here, before any output)."""
+        from ctdip.networks import build_network
+
+        build_network(self.arch)
+
     def run(self, problem, ctx: RunContext | None = None) -> MethodResult:
         ctx = ctx or RunContext()
         self.problem = problem
