@@ -35,7 +35,9 @@ def detector_offsets_mm(geom) -> tuple[float, float]:
     w = d - c
     un = u / np.linalg.norm(u, axis=1, keepdims=True)
     vn = vv / np.linalg.norm(vv, axis=1, keepdims=True)
-    return float(np.mean(np.sum(w * un, 1))), float(np.mean(np.sum(w * vn, 1)))
+    ou, ov = (float(np.mean(np.sum(w * e, 1))) for e in (un, vn))
+    scale = 1e-9 * max(1.0, float(np.abs(v).max()))
+    return (0.0 if abs(ou) < scale else ou), (0.0 if abs(ov) < scale else ov)
 
 
 def fov_radius_mm(geom) -> float | None:

@@ -95,6 +95,24 @@ def write_tiff_image(path: str | Path, image: np.ndarray, dtype=np.float32) -> N
     write_tiff_stack(path, np.asarray(image)[None] if np.ndim(image) == 2 else image, dtype)
 
 
+def read_npy(path: str | Path) -> np.ndarray:
+    """A ``.npy`` array (no pickles); UserError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("file not found", path=path)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise UserError("not a .npy file (no NumPy header; write it with numpy.save)", path=path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        msg = "holds Python objects, not a numeric array" if "pickled" in str(e) else str(e).splitlines()[0]
+        raise UserError(f"unreadable .npy: {msg}", path=path) from None
+    except Exception as e:
+        raise UserError(f"unreadable .npy ({type(e).__name__}: {e})", path=path) from None
+
+
 def read_yaml(path: str | Path) -> dict:
     """``yaml.safe_load`` of a mapping; UserError naming the file for missing files, bad YAML or a non-mapping."""
     path = Path(path)

@@ -125,11 +125,16 @@ class WalnutSource:
         flat_paths = [od / fn for fn in FLAT_NAMES if (od / fn).is_file()]
         if not flat_paths:
             raise UserError(f"missing flat fields {FLAT_NAMES[0]}/{FLAT_NAMES[1]}", path=od)
-        for fp in [dpath, *flat_paths]:
-            shape = tuple(tiff_info(fp)[0][-2:])
-            if shape != first_shape:
-                raise UserError(f"image is {shape[0]}x{shape[1]} but the projections (scan_000000.tif ...) are "
-                                f"{first_shape[0]}x{first_shape[1]}", path=fp)
+        calib = {fp: tuple(tiff_info(fp)[0][-2:]) for fp in [dpath, *flat_paths]}
+        odd = [fp for fp, sh in calib.items() if sh != first_shape]
+        if odd and len(set(calib.values())) == 1:  # dark and flats agree: the projections are the odd ones
+            sh = calib[dpath]
+            raise UserError(f"projection images are {first_shape[0]}x{first_shape[1]} but the dark and flat "
+                            f"fields ({', '.join(p.name for p in calib)}) are {sh[0]}x{sh[1]}", path=files[0])
+        if odd:
+            sh = calib[odd[0]]
+            raise UserError(f"image is {sh[0]}x{sh[1]} but the projections (scan_000000.tif ...) are "
+                            f"{first_shape[0]}x{first_shape[1]}", path=odd[0])
         self.flat_path = flat_paths[0]
         self.dark = mean_frame(_read_image(dpath), "dark", dpath)
         self.flat = mean_frame(np.stack([_read_image(fp) for fp in flat_paths]), "flats", self.flat_path)
