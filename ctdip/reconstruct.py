@@ -347,7 +347,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     if not isinstance(scan, Scan):
         from ctdip.data.loader import load_scan
 
-        scan = load_scan(scan, **(scan_options or {}))
+        scan = load_scan(scan, **(scan_options or {}), print_warnings=False)
     dataset = scan.source.resolve().name if scan.source is not None else "scan"
 
     run_path = Path(output) if output is not None else default_run_dir(name, dataset, runs_root)
@@ -364,6 +364,8 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
         raise
     geom = problem.A.geometry
     m.preflight(problem)  # network, weights, denoiser: fail before the run folder exists
+    for w in (scan.info or {}).get("warnings", []):  # after the checks: a failed start prints one line
+        sys.stderr.write(f"warning: {w}\n")
 
     if _guard is not None:
         _guard.arm(run_path, resume)  # from here on, a failed start removes what it wrote
