@@ -63,7 +63,8 @@ class DenoiserConfig:
         from ctdip.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Rule
 
         for opt, name, rule in (("--steps", "steps", POSITIVE_INT), ("--batch-size", "batch_size", POSITIVE_INT),
-                                ("--lr", "lr", LEARNING_RATE), ("--val-every", "val_every", POSITIVE_INT),
+                                ("--lr", "lr", LEARNING_RATE),
+                                ("--val-every", "val_every", NONNEG_INT),  # 0: validate at the end only
                                 ("--checkpoint-every", "checkpoint_every", NONNEG_INT),
                                 ("--patch", "patch", Rule(integer=True, minimum=8)),
                                 ("--sigma-min", "sigma_min", NONNEG), ("--sigma-max", "sigma_max", POSITIVE)):

@@ -1,6 +1,6 @@
 """Run folders: config snapshot, metrics log, volumes, summary, checkpoints (all writes atomic).
 
-Layout (see DESIGN.md)::
+Layout::
 
     runs/<timestamp>_<method>_<dataset>/
       config.yaml  metrics.csv  recon.tif  recon_es.tif  recon_best.tif  summary.json

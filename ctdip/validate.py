@@ -76,7 +76,7 @@ class Rule:
             try:
                 value = float(value.strip())
             except ValueError:
-                raise UserError(f"{option} {p}: must be {what}, got {value!r}") from None
+                raise UserError(f"{option}: must be {what}, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{option}: must be {what}, got {value!r}")
         v = float(value)

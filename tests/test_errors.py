@@ -371,3 +371,25 @@ def test_atomic_writes_get_the_umask_mode(tmp_path, umask, mode):
         os.umask(old)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == mode
     assert (tmp_path / "plain.bin").stat().st_mode & 0o777 == mode
+
+
+# --------------------------------------------------------------------------- README examples
+def test_readme_geometry_examples_parse_and_pass_the_rules(tmp_path):
+    """The parallel, fan and cone geometry.yaml examples of README "Your own scan"."""
+    import re
+
+    from ctdip.data.ctdip_layout import parse_geometry
+    from ctdip.data.sanity import check_geometry
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## Your own scan", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 3
+    kinds = []
+    for i, b in enumerate(blocks):
+        p = tmp_path / f"g{i}.yaml"
+        p.write_text(b)
+        geom, vol = parse_geometry(p)
+        assert vol is not None and check_geometry(geom, vol, p) == []
+        kinds.append(geom.kind)
+    assert kinds == ["parallel", "fan", "cone"]

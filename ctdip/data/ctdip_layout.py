@@ -1,4 +1,5 @@
-"""The ctdip scan-folder layout (what ``ctdip simulate`` writes; see DESIGN.md)::
+"""The ctdip scan-folder layout (what ``ctdip simulate`` writes; README "Your own scan" documents
+every field for users)::
 
     scan/
       projections.tif   float32 (angles, rows, cols): line integrals, or raw counts when flats exist
