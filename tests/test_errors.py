@@ -184,6 +184,8 @@ OPTION_CASES = [
     ("iterations-list", ["-m", "tv", "--set", "iterations=[1,2]"], ["--iterations", "[1, 2]"]),
     ("iterations-fraction", ["-m", "tv", "--set", "iterations=2.5"], ["--iterations", "2.5"]),
     ("iterations-zero", ["-m", "cgls", "-n", "0"], ["--iterations", "positive integer"]),
+    ("cgls-iterations-fraction", ["-m", "cgls", "--set", "iterations=2.5"], ["--iterations", "2.5"]),
+    ("tv-weight-nan", ["-m", "pdhg-tv", "--set", "tv_weight=.nan"], ["--tv-weight", "nan"]),
     ("tv-weight-negative", ["-m", "tv", "-n", "2", "--set", "tv_weight=-1"], ["--tv-weight", ">= 0"]),
     ("pdhg-tv-weight-negative", ["-m", "pdhg-tv", "--tv-weight", "-1"], ["--tv-weight", ">= 0"]),
     ("checkpoint-every-negative", ["-m", "tv", "-n", "2", "--checkpoint-every", "-1"], ["--checkpoint-every"]),
@@ -393,3 +395,22 @@ def test_readme_geometry_examples_parse_and_pass_the_rules(tmp_path):
         assert vol is not None and check_geometry(geom, vol, p) == []
         kinds.append(geom.kind)
     assert kinds == ["parallel", "fan", "cone"]
+
+
+def test_a_diverging_loss_names_lr_and_leaves_nothing(scans, tmp_path, monkeypatch, capsys):
+    """A loss that becomes NaN (too large a step) stops with `error: --lr: ...`; no checkpoint was
+    written yet, so the run folder is removed."""
+    import torch
+
+    from ctdip.engine import StepOut
+    from ctdip.methods.vanilla import Vanilla
+
+    def nan_objective(self, it, gen):
+        x = self.network(self.z)
+        fit = self.data_fit(x) * torch.tensor(float("nan"))
+        return StepOut(loss=fit, image=x, data_fit=fit)
+
+    monkeypatch.setattr(Vanilla, "objective", nan_objective)
+    _expect_error(tmp_path, monkeypatch, capsys,
+                  ["reconstruct", scans["li"], "-m", "vanilla", "--network", "tiny", "-n", "3", "-o", "r"],
+                  ["--lr", "the loss became nan at iteration 1"])

@@ -81,8 +81,8 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
             raise UserError(f"method '{method}': parameter '{key}' expects true/false, got '{value}'")
         return value
     if isinstance(default, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
+        if isinstance(value, float):  # 3.0 -> 3; 2.5 is refused by ctdip.validate with the option's name
+            return int(value) if value.is_integer() else value
         if not isinstance(value, int) or isinstance(value, bool):
             raise UserError(f"method '{method}': parameter '{key}' expects an integer, got '{value}'")
         return value
