@@ -105,11 +105,6 @@ LEARNING_RATE = Rule(minimum=0, open_min=True, maximum=1)
 FRACTION = Rule(minimum=0, maximum=1, open_max=True)
 
 
-def check(value: Any, option: str, rule: Rule) -> Any:
-    """``rule(value, option)``: the checked value (int/float) or a one-line UserError."""
-    return rule(value, option)
-
-
 def choice(value: Any, option: str, choices: Iterable[str]) -> str:
     """``value`` if it is one of ``choices``; UserError listing them otherwise."""
     choices = list(choices)
