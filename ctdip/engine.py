@@ -450,7 +450,8 @@ class Engine:
                 self.iteration = it
                 out = {"loss": float(step.loss.detach()), "data_fit": _f(step.data_fit), "reg": _f(step.reg)}
                 if not math.isfinite(out["loss"]):
-                    raise FloatingPointError(f"loss is {out['loss']} at iteration {it}; lower the learning rate")
+                    raise UserError(f"--lr: the loss became {out['loss']} at iteration {it} (the optimisation "
+                                    f"diverged at learning rate {cfg.lr:g}); use a smaller --lr")
                 for cb in self.callbacks:
                     stopped = cb.on_iteration(self, it, x, out) or stopped
                 if it % cfg.log_every == 0 or it == 1 or it == cfg.iterations or stopped:

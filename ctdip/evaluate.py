@@ -89,9 +89,14 @@ def read_volume(path: str | Path) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(path)
+            from ctdip.data.io import quiet_tifffile
+
+            with quiet_tifffile():
+                arr = tifffile.imread(path)
         elif suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            from ctdip.data.io import read_npy
+
+            arr = read_npy(path)
         else:
             raise UserError(f"unsupported volume format '{suffix}' (use .tif, .tiff or .npy)", path=path)
     except UserError:

@@ -68,8 +68,11 @@ _KINDS = ("parallel", "fan", "parallel3d", "cone")
 
 
 def _as3(v, name: str) -> tuple[float, float, float]:
-    a = np.broadcast_to(np.asarray(v, dtype=float), (3,)) if np.ndim(v) <= 1 else None
-    if a is None or a.shape != (3,):
+    try:
+        a = np.broadcast_to(np.asarray(v, dtype=float), (3,)) if np.ndim(v) <= 1 else None
+    except (TypeError, ValueError):
+        a = None
+    if a is None or a.shape != (3,) or not np.all(np.isfinite(a)):
         raise UserError(f"{name} must be a number or 3 numbers (z, y, x), got {v!r}")
     return (float(a[0]), float(a[1]), float(a[2]))
 

@@ -93,12 +93,17 @@ class PretrainConfig:
         return max(1, math.ceil(self.samples * self.epochs / self.batch_size))
 
     def validate(self) -> None:
-        if self.total_steps < 1 or self.batch_size < 1:
-            raise UserError("pretraining needs at least one step and a batch size of at least 1")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.noise < 0:
-            raise UserError(f"--noise must be >= 0, got {self.noise}")
+        from ctdip.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE_INT, Rule
+
+        for opt, name, rule in (("--samples", "samples", POSITIVE_INT), ("--epochs", "epochs", POSITIVE_INT),
+                                ("--steps", "steps", Rule(integer=True, minimum=1, optional=True)),
+                                ("--batch-size", "batch_size", POSITIVE_INT), ("--lr", "lr", LEARNING_RATE),
+                                ("--noise", "noise", NONNEG), ("--ellipses", "n_ellipses", POSITIVE_INT),
+                                ("--val-every", "val_every", POSITIVE_INT),
+                                ("--checkpoint-every", "checkpoint_every", NONNEG_INT),
+                                ("--select-iters", "select_iters", POSITIVE_INT),
+                                ("--set select_lr", "select_lr", LEARNING_RATE)):
+            setattr(self, name, rule(getattr(self, name), opt))
         if self.select not in ("psnr", "rise-time", "last"):
             raise UserError(f"unknown --select '{self.select}'; choose psnr, rise-time or last")
         if self.scale not in ("auto", "none"):

@@ -60,13 +60,17 @@ class DenoiserConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise UserError("denoiser training needs at least one step and a batch size of at least 1")
-        if self.patch < 8:
-            raise UserError(f"--patch must be at least 8, got {self.patch}")
-        if not 0 <= self.sigma_min <= self.sigma_max or self.sigma_max <= 0:
-            raise UserError(f"need 0 <= --sigma-min <= --sigma-max and --sigma-max > 0, "
-                            f"got {self.sigma_min}, {self.sigma_max}")
+        from ctdip.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Rule
+
+        for opt, name, rule in (("--steps", "steps", POSITIVE_INT), ("--batch-size", "batch_size", POSITIVE_INT),
+                                ("--lr", "lr", LEARNING_RATE),
+                                ("--val-every", "val_every", NONNEG_INT),  # 0: validate at the end only
+                                ("--checkpoint-every", "checkpoint_every", NONNEG_INT),
+                                ("--patch", "patch", Rule(integer=True, minimum=8)),
+                                ("--sigma-min", "sigma_min", NONNEG), ("--sigma-max", "sigma_max", POSITIVE)):
+            setattr(self, name, rule(getattr(self, name), opt))
+        if self.sigma_min > self.sigma_max:
+            raise UserError(f"--sigma-min: must be <= --sigma-max ({self.sigma_max:g}), got {self.sigma_min:g}")
         bad = [s for s in self.sources if s not in SOURCES]
         if bad:
             raise UserError(f"unknown image source '{bad[0]}'; choose from: {', '.join(SOURCES)}")

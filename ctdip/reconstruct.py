@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ctdip.errors import UserError
+from ctdip.validate import FRACTION
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets" / "methods"
 
@@ -248,12 +249,74 @@ def build_summary(problem, result, rows: list[dict], wall_s: float, method: str,
     return s
 
 
-def reconstruct(scan, method: str, params: dict | None = None, output: str | Path | None = None, *,
+def _check_run_folder(run_path: Path, resume: bool) -> None:
+    """The run folder can be written (``ctdip.validate.check_output_path``): a new or empty folder,
+    or with ``resume`` an existing run folder."""
+    from ctdip.validate import check_output_path
+
+    check_output_path(run_path, "folder")
+    if resume:
+        if not (run_path / "config.yaml").is_file():
+            raise UserError("cannot resume: not a run folder (no config.yaml)", path=run_path)
+    elif run_path.exists() and any(run_path.iterdir()):
+        raise UserError("run folder exists and is not empty (choose another -o, or --resume it)", path=run_path)
+
+
+class _FailedStartCleanup:
+    """Remove what a failed start wrote: on an error (not an interrupt or the time limit) of a new
+    run, the run folder this process created (or filled, when it was empty) is removed unless it
+    holds a checkpoint, so the corrected command can use the same ``-o``. Stale temporaries of
+    killed atomic writes are removed on entry."""
+
+    path: Path | None = None
+
+    def arm(self, run_path: Path, resume: bool) -> None:
+        self.path = Path(run_path)
+        self.resume = resume
+        top = self.path
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        self.created_top = None if self.path.exists() else top  # highest folder this call creates
+        self.was_empty = self.path.is_dir() and not any(self.path.iterdir())
+        from ctdip.runs import RunFolder
+
+        RunFolder(self.path).clean_stale_temporaries()
+
+    def __enter__(self) -> "_FailedStartCleanup":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        import shutil
+
+        from ctdip.errors import TimeLimitReached
+
+        if exc_type is None or self.path is None or self.resume or (self.path / "checkpoint.pt").exists():
+            return False
+        if issubclass(exc_type, (KeyboardInterrupt, TimeLimitReached, SystemExit)):
+            return False
+        if self.created_top is not None and self.created_top.exists():
+            shutil.rmtree(self.created_top, ignore_errors=True)
+        elif self.was_empty and self.path.is_dir():
+            for p in self.path.iterdir():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+        return False
+
+
+def reconstruct(*args, **kwargs) -> RunSummary:
+    """Run ``method`` on ``scan`` (a :class:`~ctdip.data.Scan` or a scan folder, read with
+    ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring).
+    Arguments: those of :func:`_reconstruct`. A start that fails leaves no run folder behind."""
+    guard = _FailedStartCleanup()
+    with guard:
+        return _reconstruct(*args, _guard=guard, **kwargs)
+
+
+def _reconstruct(scan, method: str, params: dict | None = None, output: str | Path | None = None, *,
                 seed: int = 0, device: str = "auto", backend: str = "auto", holdout: float = 0.0,
                 resume: bool = False, time_limit: float | str | None = None, stop_early: bool = False,
                 quiet: bool = False, progress: bool = True, json_out: bool = False,
                 config_extra: dict | None = None, scan_options: dict | None = None,
-                runs_root: str | Path = "runs") -> RunSummary:
+                runs_root: str | Path = "runs", _guard: "_FailedStartCleanup | None" = None) -> RunSummary:
     """Run ``method`` on ``scan`` (a :class:`~ctdip.data.Scan` or a scan folder, read with
     ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring)."""
     import torch
@@ -273,31 +336,39 @@ def reconstruct(scan, method: str, params: dict | None = None, output: str | Pat
     m = cls(**merged)
     resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
     sources = {**preset["sources"], **dict(getattr(m, "sources", {}) or {})}
-    if not 0 <= float(holdout) < 1:
-        raise UserError(f"--holdout must be in [0, 1), got {holdout}")
+    holdout = FRACTION(holdout, "--holdout")
     limit_s = parse_time_limit(time_limit)
     dev = resolve_device(device)
 
+    if output is None and resume:
+        raise UserError("--resume needs the run folder")
+    if output is not None:
+        _check_run_folder(Path(output), resume)
     if not isinstance(scan, Scan):
         from ctdip.data.loader import load_scan
 
-        scan = load_scan(scan, **(scan_options or {}))
+        scan = load_scan(scan, **(scan_options or {}), print_warnings=False)
     dataset = scan.source.resolve().name if scan.source is not None else "scan"
 
-    if output is None and resume:
-        raise UserError("--resume needs the run folder")
     run_path = Path(output) if output is not None else default_run_dir(name, dataset, runs_root)
     run = RunFolder(run_path)
-    if resume:
-        if not run.file("config.yaml").is_file():
-            raise UserError("cannot resume: not a run folder (no config.yaml)", path=run_path)
-    elif run_path.exists() and any(run_path.iterdir()):
-        raise UserError("run folder exists and is not empty (choose another -o, or --resume it)", path=run_path)
+    _check_run_folder(run_path, resume)
 
     _seed_all(int(seed))
-    problem = Problem.from_scan(scan, backend=backend, device=dev, holdout=float(holdout))
+    try:
+        problem = Problem.from_scan(scan, backend=backend, device=dev, holdout=float(holdout))
+    except UserError as e:  # e.g. FBP refusing a short scan: name the scan's geometry file
+        where = (scan.info or {}).get("geometry_file") or scan.source
+        if e.path is None and where is not None:
+            raise UserError(e.message, path=where) from None
+        raise
     geom = problem.A.geometry
+    m.preflight(problem)  # network, weights, denoiser: fail before the run folder exists
+    for w in (scan.info or {}).get("warnings", []):  # after the checks: a failed start prints one line
+        sys.stderr.write(f"warning: {w}\n")
 
+    if _guard is not None:
+        _guard.arm(run_path, resume)  # from here on, a failed start removes what it wrote
     run.create(exist_ok=True)
     config: dict[str, Any] = {
         "method": name, "method_kind": getattr(cls, "kind", "dip"),

@@ -1,6 +1,6 @@
 """Run folders: config snapshot, metrics log, volumes, summary, checkpoints (all writes atomic).
 
-Layout (see DESIGN.md)::
+Layout::
 
     runs/<timestamp>_<method>_<dataset>/
       config.yaml  metrics.csv  recon.tif  recon_es.tif  recon_best.tif  summary.json
@@ -21,15 +21,27 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
+TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the same folder
 METRIC_COLUMNS = ["iter", "loss", "data_fit", "reg", "psnr", "ssim", "wmv", "holdout", "time_s"]
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    The file ends with the mode a plain ``open(path, "w")`` gives (0o666 & ~umask, e.g. 0644 under
+    umask 022), not mkstemp's private 0600, so colleagues sharing the folder can read it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -100,6 +112,17 @@ class RunFolder:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    def clean_stale_temporaries(self) -> list[Path]:
+        """Remove ``.<name>.*.tmp`` files left by an atomic write that was killed (SIGKILL, power
+        loss) before its rename; only one process works in a run folder, so none is in use."""
+        removed = []
+        if self.path.is_dir():
+            for p in self.path.glob(f".*{TMP_SUFFIX}"):
+                if p.is_file():
+                    p.unlink()
+                    removed.append(p)
+        return removed
 
     # config / summary ---------------------------------------------------------------
     def write_config(self, config: dict) -> None:

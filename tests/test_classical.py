@@ -63,6 +63,6 @@ def test_unknown_and_bad_params_are_user_errors():
         PDHGTV(lr=0.1)
     with pytest.raises(UserError, match="expects a number"):
         PDHGTV(tv_weight="abc")
-    with pytest.raises(UserError, match="iterations must be at least 1"):
+    with pytest.raises(UserError, match="--iterations: must be a positive integer, got 0"):
         CGLS(iterations=0)
     assert PDHGTV(tv_weight="2e-3").p["tv_weight"] == pytest.approx(2e-3)

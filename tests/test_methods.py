@@ -117,7 +117,7 @@ def test_self_guided_z_receives_gradients_and_returns_ema(problem):
 def test_unknown_parameter_is_a_clear_user_error():
     with pytest.raises(UserError, match=r"method 'vanilla' has no parameter 'tv_weight'.*known parameters: .*iterations"):
         get_method("vanilla")(tv_weight=0.1)
-    with pytest.raises(UserError, match="input must be one of"):
+    with pytest.raises(UserError, match="--input: must be one of"):
         get_method("tv")(input="photo")
     with pytest.raises(UserError, match="expects float"):
         get_method("tv")(tv_weight="lots")

@@ -48,3 +48,11 @@ def parse_set(items: list[str] | None, *, option: str = "--set", strict_keys: bo
         except yaml.YAMLError:
             out[k] = v
     return out
+
+# scan options (``reconstruct``, ``check``, ...): how a scan folder is read
+SETUP = typer.Option(None, "--setup", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it.")
+ANGLES = typer.Option(None, "--angles", help="Use K equispaced views of the scan (K >= 2).")
+BIN = typer.Option(None, "--bin", help="Detector binning B (columns in 2D, rows and columns in 3D).")
+SLICE = typer.Option(None, "--slice", help="Volume slice for 2D: index, 'mid', or offset like +3.")
+MODE = typer.Option(None, "--mode", help="2d (one slice, default) or 3d.")
+SIZE = typer.Option(None, "--size", help="Reconstruction grid N x N (same field of view, N >= 8).")

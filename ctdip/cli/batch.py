@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ctdip.cli._options import INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, parse_set
+from ctdip.validate import check_output_path
 
 
 def parse_params(items: list[str] | None) -> dict:
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
         if executor not in ("local", "slurm"):
             raise UserError(f"unknown executor '{executor}'; choose one of: local, slurm")
-        out = output or Path("runs") / f"batch_{method}"
+        out = check_output_path(output or Path("runs") / f"batch_{method}", "folder")
         scan_options = {"setup": setup, "angles": angles, "size": size, "slice": slice_, "mode": mode, "bin": bin_,
                         "orbit": orbit}
         options = {"seed": seed, "device": device, "backend": backend, "holdout": holdout, "stop_early": stop_early}

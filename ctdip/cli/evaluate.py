@@ -31,6 +31,10 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in ("table", "csv", "md", "json"):
             raise UserError(f"unknown format '{fmt}'; choose one of: table, csv, md, json")
+        if output is not None:
+            from ctdip.validate import check_output_path
+
+            check_output_path(output, "folder")
         def skip(p: Path) -> None:
             typer.echo(f"note: skipping unfinished run {p} (no recon.tif yet)", err=True)
 

@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-SUBCOMMANDS = ["simulate", "reconstruct", "pretrain", "evaluate", "spectrum", "batch"]
+SUBCOMMANDS = ["simulate", "reconstruct", "pretrain", "evaluate", "spectrum", "batch", "check"]
 
 
 def _register_all() -> None:

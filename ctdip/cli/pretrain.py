@@ -15,6 +15,7 @@ import typer
 
 from ctdip.cli._options import ORBIT
 from ctdip.errors import UserError
+from ctdip.validate import check_output_path
 
 HELP = ("Pretrain the DIP U-Net on synthetic ellipses for a geometry (EDIP warm start); "
         "'ctdip pretrain denoiser' trains a DRUNet denoiser for admm/hqs/red.")
@@ -161,6 +162,7 @@ def pretrain_command(
         return
     if output is None:
         raise UserError("missing -o/--output weights file (e.g. -o weights/walnut20.pt)")
+    check_output_path(output, "file")
     from ctdip.networks import network_preset
     from ctdip.operators import RayTransform
     from ctdip.pretrain import PretrainConfig, checkpoint_dir, pretrain
@@ -206,6 +208,8 @@ def denoiser_command(
     """Train a DRUNet-style Gaussian denoiser D(x, sigma) for admm / hqs / red (--denoiser FILE)."""
     from ctdip.pretrain import checkpoint_dir
     from ctdip.pretrain_denoiser import DenoiserConfig, train_denoiser
+
+    check_output_path(output, "file")
 
     cfg = DenoiserConfig(size=size, patch=patch, batch_size=batch_size, steps=steps, lr=lr, sigma_min=sigma_min,
                          sigma_max=sigma_max, sources=tuple(source), volumes=[str(v) for v in volume],

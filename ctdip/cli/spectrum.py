@@ -32,12 +32,17 @@ def register(app: typer.Typer) -> None:
         shares and an .npz with everything."""
         import torch
 
-        from ctdip.errors import UserError
         from ctdip.reconstruct import resolve_device
         from ctdip.spectrum import load_subject, run_spectrum, summary_lines
 
-        if rank < 1 or ntk_rank < 0 or oversample < 0 or power_iters < 0 or chunk < 1:
-            raise UserError("--rank and --chunk must be >= 1; --ntk-rank, --oversample, --power-iters >= 0")
+        from ctdip.validate import NONNEG_INT, POSITIVE_INT, check_output_path
+
+        for opt, value, rule in (("--rank", rank, POSITIVE_INT), ("--chunk", chunk, POSITIVE_INT),
+                                 ("--ntk-rank", ntk_rank, NONNEG_INT), ("--oversample", oversample, NONNEG_INT),
+                                 ("--power-iters", power_iters, NONNEG_INT)):
+            rule(value, opt)
+        if output is not None:
+            check_output_path(output, "folder")
         torch.set_grad_enabled(True)
         subject = load_subject(source, scan, {"angles": angles, "size": size, "slice": slice_, "setup": setup},
                                device=resolve_device(device), input_kind=input_, seed=seed)

@@ -1,4 +1,5 @@
-"""The ctdip scan-folder layout (what ``ctdip simulate`` writes; see DESIGN.md)::
+"""The ctdip scan-folder layout (what ``ctdip simulate`` writes; README "Your own scan" documents
+every field for users)::
 
     scan/
       projections.tif   float32 (angles, rows, cols): line integrals, or raw counts when flats exist
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ctdip.data.io import read_tiff, read_yaml, tiff_info, write_tiff_stack, write_yaml
+from ctdip.data import sanity
+from ctdip.data.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_stack, write_yaml
 from ctdip.data.preprocess import flat_dark_log, mean_frame
 from ctdip.errors import UserError
 
@@ -131,17 +133,41 @@ def parse_geometry(path: str | Path):
             vunknown = set(v) - {"shape", "voxel_mm", "center_mm"}
             if vunknown:
                 raise UserError(f"unknown field(s) in 'volume': {', '.join(sorted(vunknown))}", path=path)
-            shape = v["shape"]
-            if not (isinstance(shape, list) and len(shape) in (2, 3) and all(isinstance(s, int) for s in shape)):
-                raise UserError(f"'volume.shape' must be 2 or 3 integers, got {shape!r}", path=path)
-            if len(shape) == 2:
-                shape = [1, *shape]
-            vol = VolumeGeometry(tuple(shape), v.get("voxel_mm", 1.0), v.get("center_mm", (0.0, 0.0, 0.0)))
+            vol = volume_from_mapping(v, path, default_voxel_mm=1.0, where="volume.")
     except UserError as e:
         if e.path is None:
             raise UserError(e.message, path=path) from None
         raise
     return geom, vol
+
+
+def _triple(d: dict, key: str, path: Path, default: Any, where: str, positive: bool) -> tuple[float, float, float]:
+    """A number or 3 numbers (z, y, x) of field ``key``: finite (and positive if asked)."""
+    v = d.get(key, default)
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    ok = len(vals) in (1, 3) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                     and math.isfinite(float(x)) and (not positive or x > 0) for x in vals)
+    if not ok:
+        kind = "positive numbers" if positive else "finite numbers"
+        raise UserError(f"field '{where}{key}' must be a number or 3 {kind} (z, y, x) in mm, got {v!r}", path=path)
+    vals = [float(x) for x in vals]
+    return tuple(vals * 3 if len(vals) == 1 else vals)  # type: ignore[return-value]
+
+
+def volume_from_mapping(v: dict, path: Path, default_voxel_mm: float, where: str = ""):
+    """A VolumeGeometry from ``{shape, voxel_mm, center_mm}`` (geometry.yaml's ``volume:`` or a
+    walnut folder's volume.yaml); every field checked, errors name the file and the field."""
+    from ctdip.geometry import VolumeGeometry
+
+    shape = v.get("shape")
+    if not (isinstance(shape, list) and len(shape) in (2, 3)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        raise UserError(f"field '{where}shape' must be 2 or 3 positive integers (z, y, x), got {shape!r}", path=path)
+    if len(shape) == 2:
+        shape = [1, *shape]
+    vox = _triple(v, "voxel_mm", path, default_voxel_mm, where, positive=True)
+    ctr = _triple(v, "center_mm", path, 0.0, where, positive=False)
+    return VolumeGeometry(tuple(shape), vox, ctr)
 
 
 def geometry_dict(geom, volume=None, *, kind: str | None = None, angles_deg: dict | list | None = None,
@@ -182,6 +208,7 @@ class CtdipSource:
         if not ppath.is_file():
             raise UserError("missing projections.tif", path=self.folder)
         self.geometry, vol = parse_geometry(gpath)
+        self.geometry_path = gpath
         self.proj_path = ppath
         shape, n_pages = tiff_info(ppath)
         rows, cols = self.geometry.det_shape
@@ -207,6 +234,10 @@ class CtdipSource:
         self.flat = self.dark = None
         self.flat_path = self.folder / "flats.tif"
         dpath = self.folder / "darks.tif"
+        sanity.check_flats_darks(self.folder)
+        self.dtype = tiff_dtype(ppath)
+        sanity.check_dtype(self.dtype, ppath, self.flat_path.is_file())
+        self.warnings: list[str] = []
         if self.flat_path.is_file():
             self.dark = mean_frame(read_tiff(dpath, dtype=np.float64), "darks", dpath) if dpath.is_file() else None
             self.flat = mean_frame(read_tiff(self.flat_path, dtype=np.float64), "flats", self.flat_path)
@@ -221,7 +252,11 @@ class CtdipSource:
         if vol is None:
             from ctdip.geometry import VolumeGeometry
 
-            vol = VolumeGeometry.fov(self.geometry, cols)
+            try:
+                vol = VolumeGeometry.fov(self.geometry, cols)
+            except UserError as e:
+                raise UserError(f"{e.message} (no 'volume' given, so the grid is the field of view; "
+                                "check the distances and detector offsets)", path=gpath) from None
         self.volume = vol
         if self.ref_path.is_file():
             rshape, _ = tiff_info(self.ref_path)
@@ -250,9 +285,11 @@ class CtdipSource:
             flat = None if flat is None else flat[rows]
             dark = None if dark is None else dark[rows]
         if flat is not None:
+            sanity.check_not_empty(p, self.proj_path)
             return flat_dark_log(p, flat, dark, self.flat_path, self.proj_path)
         if not np.all(np.isfinite(p)):
             raise UserError("projections contain NaN or infinite values", path=self.proj_path)
+        self.warnings += sanity.check_line_integrals(p, self.proj_path)
         return np.ascontiguousarray(p, dtype=np.float32)
 
     def read_reference(self, z: int | None = None) -> np.ndarray | None:
@@ -260,12 +297,14 @@ class CtdipSource:
         if not self.ref_path.is_file():
             return None
         if z is None:
-            r = read_tiff(self.ref_path)
-            return r.reshape(self.volume.shape)
-        _, n_pages = tiff_info(self.ref_path)
-        if n_pages == self.volume.shape[0]:
-            return read_tiff(self.ref_path, pages=int(z))[None]
-        return read_tiff(self.ref_path).reshape(self.volume.shape)[int(z)][None]
+            r = read_tiff(self.ref_path).reshape(self.volume.shape)
+        else:
+            _, n_pages = tiff_info(self.ref_path)
+            if n_pages == self.volume.shape[0]:
+                r = read_tiff(self.ref_path, pages=int(z))[None]
+            else:
+                r = read_tiff(self.ref_path).reshape(self.volume.shape)[int(z)][None]
+        return sanity.check_reference(r, self.ref_path)
 
 
 def write_ctdip(folder: str | Path, projections: np.ndarray, geometry_yaml: dict,

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import yaml
 
 from ctdip.errors import UserError
 from ctdip.runs import atomic_write_bytes
+
+
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's log messages and Python warnings (a truncated file would print several
+    lines before ours); the failure itself still raises and becomes one UserError line."""
+    logger = logging.getLogger("tifffile")
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was
 
 
 def tiff_info(path: str | Path) -> tuple[tuple[int, ...], int]:
@@ -21,11 +39,22 @@ def tiff_info(path: str | Path) -> tuple[tuple[int, ...], int]:
     if not path.is_file():
         raise UserError("file not found", path=path)
     try:
-        with tifffile.TiffFile(path) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tf:
             return tuple(int(s) for s in tf.series[0].shape), len(tf.pages)
     except UserError:
         raise
     except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error, ...
+        raise UserError(f"unreadable TIFF ({type(e).__name__}: {e})", path=path) from None
+
+
+def tiff_dtype(path: str | Path) -> np.dtype:
+    """The pixel dtype of a TIFF's first series, without reading the pixels."""
+    import tifffile
+
+    try:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tf:
+            return np.dtype(tf.series[0].dtype)
+    except Exception as e:
         raise UserError(f"unreadable TIFF ({type(e).__name__}: {e})", path=path) from None
 
 
@@ -37,7 +66,7 @@ def read_tiff(path: str | Path, pages: Sequence[int] | int | None = None, dtype=
     if not path.is_file():
         raise UserError("file not found", path=path)
     try:
-        with tifffile.TiffFile(path) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tf:
             if pages is None:
                 arr = tf.asarray()
             elif isinstance(pages, (int, np.integer)):
@@ -64,6 +93,24 @@ def write_tiff_stack(path: str | Path, array: np.ndarray, dtype=np.float32) -> N
 def write_tiff_image(path: str | Path, image: np.ndarray, dtype=np.float32) -> None:
     """Write one 2D image as a single-page TIFF, atomically."""
     write_tiff_stack(path, np.asarray(image)[None] if np.ndim(image) == 2 else image, dtype)
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """A ``.npy`` array (no pickles); UserError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("file not found", path=path)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise UserError("not a .npy file (no NumPy header; write it with numpy.save)", path=path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        msg = "holds Python objects, not a numeric array" if "pickled" in str(e) else str(e).splitlines()[0]
+        raise UserError(f"unreadable .npy: {msg}", path=path) from None
+    except Exception as e:
+        raise UserError(f"unreadable .npy ({type(e).__name__}: {e})", path=path) from None
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -25,6 +25,7 @@ through the geometry layer so every backend sees the same numbers:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from ctdip.data import Scan
 from ctdip.errors import UserError
+from ctdip.validate import POSITIVE_INT, Rule, choice
 
 SCAN_OPTIONS = ("angles", "bin", "slice", "mode", "size", "orbit")
 
@@ -175,24 +177,41 @@ def scan_options(setup: str | Path | None = None, **options: Any) -> dict[str, A
     for k, v in options.items():
         if v is not None:
             opts[k] = v
-    return opts
+    return check_scan_options(opts)
+
+
+#: the rules of the numeric scan options (``ctdip.validate``)
+SCAN_OPTION_RULES = {"angles": Rule(integer=True, minimum=2), "bin": POSITIVE_INT,
+                     "size": Rule(integer=True, minimum=8), "orbit": Rule(integer=True, minimum=1, maximum=3)}
+
+
+def check_scan_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` with --angles (>= 2 views), --bin (>= 1), --size (>= 8), --orbit (1..3) checked."""
+    out = dict(opts)
+    for k, rule in SCAN_OPTION_RULES.items():
+        if out.get(k) is not None:
+            out[k] = rule(out[k], f"--{k}")
+    if out.get("mode") is not None:
+        out["mode"] = choice(str(out["mode"]).lower(), "--mode", ("2d", "3d"))
+    return out
 
 
 def mode_and_bin(opts: dict[str, Any]) -> tuple[str, int]:
     """The validated ``mode`` ('2d' default or '3d') and detector binning (default 1) of ``opts``."""
-    mode_ = str(opts.get("mode") or "2d").lower()
-    if mode_ not in ("2d", "3d"):
-        raise UserError(f"--mode must be 2d or 3d, got {opts.get('mode')!r}")
-    b = int(opts.get("bin") or 1)
-    if b < 1:
-        raise UserError(f"--bin must be a positive integer, got {b}")
+    mode_ = choice(str(opts.get("mode") or "2d").lower(), "--mode", ("2d", "3d"))
+    b = POSITIVE_INT(1 if opts.get("bin") is None else opts["bin"], "--bin")
     return mode_, b
 
 
 def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = None, slice: Any = None,
               mode: str | None = None, size: int | None = None, orbit: int | None = None,
-              setup: str | None = None, read_reference: bool = True) -> Scan:
-    """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals."""
+              setup: str | None = None, read_reference: bool = True, print_warnings: bool = True) -> Scan:
+    """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals.
+
+    The plausibility checks of :mod:`ctdip.data.sanity` run on the final geometry and data;
+    their warnings are kept in ``info["warnings"]`` and printed as ``warning:`` lines on stderr
+    (unless ``print_warnings`` is false)."""
+    from ctdip.data.sanity import check_geometry, check_grid_memory
     from ctdip.geometry import VolumeGeometry, bin_projections
 
     opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit)
@@ -230,6 +249,7 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
     else:
         z = None
         g2 = geom
+    geo_warnings = check_geometry(g2, vol, getattr(src, "geometry_path", Path(path)))
     proj = src.read(views, rows_read)
     if b > 1:
         if mode_ == "2d":
@@ -238,19 +258,26 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
         else:
             g2 = g2.bin(b, b)
             proj = bin_projections(proj, b, b)
+    warnings = geo_warnings + list(getattr(src, "warnings", []))
+    new_vol = vol.with_size(int(opts["size"])) if opts.get("size") is not None else None
+    if new_vol is not None:
+        check_grid_memory(new_vol.shape, "--size")
     ref = None
     if read_reference:
         ref = src.read_reference(z)
         if ref is not None and mode_ == "3d":
             ref = ref.reshape(src.volume.shape)
-    if opts.get("size") is not None:
-        n = int(opts["size"])
-        new_vol = vol.with_size(n)
+    if new_vol is not None:
         if ref is not None:
             ref = resample(ref, vol, new_vol)
         vol = new_vol
     info.update({"mode": mode_, "views": views.tolist() if len(views) <= 4096 else None,
-                 "detector": list(g2.det_shape)})
+                 "detector": list(g2.det_shape), "warnings": warnings,
+                 "geometry_file": str(getattr(src, "geometry_path", path))})
+    if print_warnings:
+        for w in warnings:
+            sys.stderr.write(f"warning: {w}\n")
+        sys.stderr.flush()
     return Scan(projections=np.ascontiguousarray(proj, dtype=np.float32), geometry=g2, volume=vol,
                 reference=None if ref is None else np.ascontiguousarray(ref, dtype=np.float32),
                 source=Path(path), layout=src.layout, info=info)

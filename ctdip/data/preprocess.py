@@ -55,8 +55,8 @@ def flat_dark_log(raw: np.ndarray, flat: np.ndarray, dark: np.ndarray | None = N
     if not np.all(np.isfinite(raw)):
         raise UserError("projections contain NaN or infinite values", path=raw_path)
     if raw.shape[-2:] != flat.shape:
-        raise UserError(f"flat field shape {flat.shape} does not match the projections' {raw.shape[-2:]}",
-                        path=flat_path)
+        raise UserError(f"projection shape {raw.shape[-2:]} does not match the flat field's {flat.shape}",
+                        path=raw_path if raw_path is not None else flat_path)
     fd = check_flat(flat, dark, flat_path)
     t = (raw - (0.0 if dark is None else dark)) / fd
     np.maximum(t, 0.5 / fd, out=t)

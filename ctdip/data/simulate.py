@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from ctdip.errors import UserError
+from ctdip.data.sanity import check_grid_memory
+from ctdip.validate import NONNEG, POSITIVE, Rule, check_output_path, choice
 
 SOD_MM = 66.0
 SDD_MM = 199.0
@@ -105,16 +107,13 @@ def make_phantom(phantom: str, shape: tuple[int, ...], seed: int, mu_mm: float) 
 
 def load_volume(path: str | Path, hu: bool = False) -> np.ndarray:
     """A (z, y, x) or (y, x) volume from .npy or .tif; Hounsfield units converted if ``hu``."""
-    from ctdip.data.io import read_tiff
+    from ctdip.data.io import read_npy, read_tiff
 
     path = Path(path)
     if not path.is_file():
         raise UserError("volume file not found", path=path)
     if path.suffix.lower() == ".npy":
-        try:
-            v = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise UserError(f"unreadable .npy ({type(e).__name__}: {e})", path=path) from None
+        v = read_npy(path)
     elif path.suffix.lower() in (".tif", ".tiff"):
         v = read_tiff(path)
     else:
@@ -179,21 +178,21 @@ def simulate(out: str | Path, *, phantom: str = "walnut", geometry: str = "fan",
 
     from ctdip.operators import RayTransform
 
-    out = Path(out)
-    if layout not in ("ctdip", "walnut"):
-        raise UserError(f"--layout must be ctdip or walnut, got {layout!r}")
+    out = check_output_path(out, "folder", option="OUT")
+    choice(layout, "--layout", ("ctdip", "walnut"))
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError("output folder exists and is not empty (use --force to replace it)", path=out)
-    if noise < 0:
-        raise UserError(f"--noise must be >= 0, got {noise}")
-    if photons is not None and photons <= 0:
-        raise UserError(f"--photons must be positive, got {photons}")
+    angles = Rule(integer=True, minimum=2)(angles, "--angles")
+    size = Rule(integer=True, minimum=8)(size, "--size")
+    detector = Rule(integer=True, minimum=2, optional=True)(detector, "--detector")
+    noise = NONNEG(noise, "--noise")
+    photons = Rule(minimum=0, open_min=True, optional=True)(photons, "--photons")
+    fov_mm = POSITIVE(fov_mm, "--fov-mm")
+    check_grid_memory((size if geometry == "cone" else 1, size, size), "--size")
     if photons is not None and noise > 0:
         raise UserError("choose either --noise (Gaussian) or --photons (Poisson), not both")
     if layout == "walnut" and geometry == "parallel":
         raise UserError("the walnut layout stores cone-beam vectors; use --geometry fan or cone")
-    if fov_mm <= 0:
-        raise UserError(f"--fov-mm must be positive, got {fov_mm}")
 
     rng = np.random.default_rng(seed)
     vol_arr = None

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctdip.data.io import read_tiff, read_yaml, tiff_info, write_tiff_image, write_yaml
+from ctdip.data.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_image, write_yaml
+from ctdip.data.sanity import check_dtype, check_reference
 from ctdip.data.preprocess import check_flat, flat_dark_log, mean_frame
 from ctdip.errors import UserError
 
@@ -117,42 +118,44 @@ class WalnutSource:
         gpath = od / GEOM_NAME
         if not gpath.is_file():
             raise UserError(f"missing {GEOM_NAME}", path=od)
+        # the 1201 projection files set the image shape; a dark or flat of another shape is the odd one
+        first_shape = tuple(tiff_info(files[0])[0][-2:])
+        check_dtype(tiff_dtype(files[0]), files[0], has_flats=True)
         dpath = od / DARK_NAME
-        dark = _read_image(dpath)
-        flats = []
-        for fn in FLAT_NAMES:
-            fp = od / fn
-            if fp.is_file():
-                flats.append(_read_image(fp))
-        if not flats:
+        flat_paths = [od / fn for fn in FLAT_NAMES if (od / fn).is_file()]
+        if not flat_paths:
             raise UserError(f"missing flat fields {FLAT_NAMES[0]}/{FLAT_NAMES[1]}", path=od)
-        self.flat_path = od / FLAT_NAMES[0]
-        self.dark = mean_frame(dark, "dark", dpath)
-        self.flat = mean_frame(np.stack(flats), "flats", self.flat_path)
-        if self.flat.shape != self.dark.shape:
-            raise UserError(f"flat {self.flat.shape} and dark {self.dark.shape} shapes differ", path=self.flat_path)
+        calib = {fp: tuple(tiff_info(fp)[0][-2:]) for fp in [dpath, *flat_paths]}
+        odd = [fp for fp, sh in calib.items() if sh != first_shape]
+        if odd and len(set(calib.values())) == 1:  # dark and flats agree: the projections are the odd ones
+            sh = calib[dpath]
+            raise UserError(f"projection images are {first_shape[0]}x{first_shape[1]} but the dark and flat "
+                            f"fields ({', '.join(p.name for p in calib)}) are {sh[0]}x{sh[1]}", path=files[0])
+        if odd:
+            sh = calib[odd[0]]
+            raise UserError(f"image is {sh[0]}x{sh[1]} but the projections (scan_000000.tif ...) are "
+                            f"{first_shape[0]}x{first_shape[1]}", path=odd[0])
+        self.flat_path = flat_paths[0]
+        self.dark = mean_frame(_read_image(dpath), "dark", dpath)
+        self.flat = mean_frame(np.stack([_read_image(fp) for fp in flat_paths]), "flats", self.flat_path)
         check_flat(self.flat, self.dark, self.flat_path)
         rows, cols = self.flat.shape
-        first_shape, _ = tiff_info(files[0])
-        if tuple(first_shape[-2:]) != (cols, rows):
-            raise UserError(f"projection image is {first_shape[-2:]} but the flat field is {(cols, rows)} "
-                            "(stored as cols x rows)", path=files[0])
-        vec = np.loadtxt(gpath, ndmin=2) if gpath.stat().st_size else np.zeros((0, 12))
+        try:
+            vec = np.loadtxt(gpath, ndmin=2) if gpath.stat().st_size else np.zeros((0, 12))
+        except ValueError as e:
+            raise UserError(f"not a table of numbers (12 per row): {str(e).splitlines()[0]}", path=gpath) from None
         if vec.shape[0] != n_files:
             raise UserError(f"{vec.shape[0]} geometry vectors for {n_files} scan files (expected one per file, "
                             "the last repeating the first)", path=gpath)
         self.geometry = ProjectionGeometry.from_geom_file(gpath, beam="cone", det_shape=(rows, cols)).select(
             np.arange(self.n_views))
+        self.geometry_path = gpath
+        self.warnings: list[str] = []
         vpath = self.folder / "volume.yaml"
         if vpath.is_file():
-            v = read_yaml(vpath)
-            try:
-                self.volume = VolumeGeometry(tuple(v["shape"]), v.get("voxel_mm", WALNUT_VOXEL_MM),
-                                             v.get("center_mm", (0.0, 0.0, 0.0)))
-            except (KeyError, TypeError):
-                raise UserError("'shape' (z, y, x) and 'voxel_mm' expected", path=vpath) from None
-            except UserError as e:
-                raise UserError(e.message, path=vpath) from None
+            from ctdip.data.ctdip_layout import volume_from_mapping
+
+            self.volume = volume_from_mapping(read_yaml(vpath), vpath, default_voxel_mm=WALNUT_VOXEL_MM)
         else:
             self.volume = VolumeGeometry((WALNUT_GRID,) * 3, WALNUT_VOXEL_MM)
         self.ref_dir = self.folder / "Reconstructions"
@@ -185,11 +188,13 @@ class WalnutSource:
     def read_reference(self, z: int | None = None) -> np.ndarray | None:
         if self.ref_files:
             if z is not None:
-                return read_tiff(self.ref_files[int(z)]).reshape(1, *self.volume.shape[1:])
-            return np.stack([read_tiff(p) for p in self.ref_files]).reshape(self.volume.shape)
+                p = self.ref_files[int(z)]
+                return check_reference(read_tiff(p).reshape(1, *self.volume.shape[1:]), p)
+            return check_reference(np.stack([read_tiff(p) for p in self.ref_files]).reshape(self.volume.shape),
+                                   self.ref_dir)
         rp = self.folder / "reference.tif"
         if rp.is_file():
-            r = read_tiff(rp).reshape(self.volume.shape)
+            r = check_reference(read_tiff(rp).reshape(self.volume.shape), rp)
             return r if z is None else r[int(z)][None]
         return None
 

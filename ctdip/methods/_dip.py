@@ -30,6 +30,7 @@ from ctdip.engine import DIPModel, Engine, EngineConfig, StepOut
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult, RunContext
 from ctdip.networks.denoisers import tv_norm
+from ctdip.validate import check_params, choice
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "methods"
 
@@ -59,6 +60,7 @@ COMMON_SOURCES = {
     "network": "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)",
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def load_method_preset(name: str) -> dict:
@@ -116,9 +118,9 @@ class DIPMethod(Method, DIPModel):
             if v is not None:
                 resolved[k] = _coerce(self.name, k, v, defaults[k])
         if resolved["input"] not in INPUT_KINDS:
-            raise UserError(f"method '{self.name}': input must be one of {', '.join(INPUT_KINDS)}, got '{resolved['input']}'")
-        if int(resolved["iterations"]) < 1:
-            raise UserError(f"method '{self.name}': iterations must be at least 1")
+            raise UserError(f"--input: must be one of {', '.join(INPUT_KINDS)}, got '{resolved['input']}'")
+        resolved = check_params(resolved)
+        choice(str(resolved["optimizer"]).lower(), "--set optimizer", OPTIMIZERS)
         super().__init__(**resolved)
         self.p = resolved
 
@@ -189,6 +191,25 @@ class DIPMethod(Method, DIPModel):
         return res.image
 
     # ------------------------------------------------------------------ run
+    def preflight(self, problem) -> None:
+        """Resolve the network (preset name or YAML, its dimension), build it (or read and check
+        the weights file), and open the denoiser, so that a mistake fails before the run folder."""
+        self.problem = problem
+        if getattr(self, "ctx", None) is None:
+            self.ctx = RunContext(quiet=True)
+        self.arch = self.network_arch(problem)
+        self.check_network(problem)
+        if self.p.get("denoiser") is not None:
+            from ctdip.methods._splitting import make_denoiser
+
+            make_denoiser(self)
+
+    def check_network(self, problem) -> None:
+        """Build the network once (a bad architecture file fails here, before any output)."""
+        from ctdip.networks import build_network
+
+        build_network(self.arch)
+
     def run(self, problem, ctx: RunContext | None = None) -> MethodResult:
         ctx = ctx or RunContext()
         self.problem = problem

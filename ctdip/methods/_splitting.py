@@ -12,4 +12,6 @@ def make_denoiser(method) -> Denoiser:
     try:
         return load_denoiser(str(spec), device=method.problem.device)
     except UserError as e:
-        raise UserError(f"method '{method.name}': {e.one_line()}") from None
+        if e.path is not None:  # the file is named first: "error: FILE: problem"
+            raise
+        raise UserError(f"--denoiser (method '{method.name}'): {e.message}") from None

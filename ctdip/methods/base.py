@@ -54,5 +54,9 @@ class Method:
     def __init__(self, **params: Any):
         self.params = params
 
+    def preflight(self, problem) -> None:
+        """Everything that can fail on the user's input before the first iteration (network name,
+        weights and denoiser files, ...); the driver calls it before it creates the run folder."""
+
     def run(self, problem, ctx: RunContext) -> MethodResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -50,6 +50,7 @@ import yaml
 
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult, RunContext
+from ctdip.validate import check_params
 from ctdip.tv import grad, grad_adjoint, tv  # noqa: F401  (grad, grad_adjoint re-exported)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "methods"
@@ -80,8 +81,8 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
             raise UserError(f"method '{method}': parameter '{key}' expects true/false, got '{value}'")
         return value
     if isinstance(default, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
+        if isinstance(value, float):  # 3.0 -> 3; 2.5 is refused by ctdip.validate with the option's name
+            return int(value) if value.is_integer() else value
         if not isinstance(value, int) or isinstance(value, bool):
             raise UserError(f"method '{method}': parameter '{key}' expects an integer, got '{value}'")
         return value
@@ -114,10 +115,7 @@ class ClassicalMethod(Method):
         self.p = resolved
 
     def check(self, p: dict) -> None:
-        if "iterations" in p and int(p["iterations"]) < 1:
-            raise UserError(f"method '{self.name}': iterations must be at least 1")
-        if "log_every" in p and int(p["log_every"]) < 1:
-            raise UserError(f"method '{self.name}': log_every must be at least 1")
+        p.update(check_params(p))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -235,8 +233,6 @@ class PDHGTV(ClassicalMethod):
 
     def check(self, p: dict) -> None:
         super().check(p)
-        if p["tv_weight"] < 0:
-            raise UserError(f"method 'pdhg-tv': tv_weight must be >= 0, got {p['tv_weight']}")
         if p["init"] not in ("fbp", "zero"):
             raise UserError(f"method 'pdhg-tv': init must be 'fbp' or 'zero', got '{p['init']}'")
 

@@ -43,8 +43,12 @@ class EDIP(DIPMethod):
             raise UserError(f"method '{self.name}' needs --weights FILE (pretrained U-Net weights)") from None
         return ensure_warm_start(problem, arch, quiet=bool(getattr(self.ctx, "quiet", False)))
 
-    def build_network(self, problem):
-        path = self.weights_path(problem, self.arch)
+    def check_network(self, problem) -> None:
+        """With ``--weights``: read the file and check its kind, geometry and dimension now."""
+        if self.p["weights"]:
+            build_from_weights(self._checked_weights(problem, self.p["weights"], warn=False), self.p["weights"])
+
+    def _checked_weights(self, problem, path, warn: bool = True) -> dict:
         obj = load_weights(path, kind="unet")
         want, have = problem_geometry_key(problem), obj.get("geometry_key")
         if want is not None and have is not None and want != have:
@@ -52,13 +56,19 @@ class EDIP(DIPMethod):
                 raise UserError(
                     f"weights were pretrained for another geometry (key {have}, this scan {want}); "
                     "pretrain for this scan or pass --force", path=path)
-            if not getattr(self.ctx, "quiet", False):
+            if warn and not getattr(self.ctx, "quiet", False):
                 sys.stderr.write(f"warning: {path}: geometry key {have} != {want}, used anyway (--force)\n")
+        arch = dict(obj["arch"])
+        if int(arch.get("dim", problem.dim)) != problem.dim:
+            raise UserError(f"weights hold a {arch.get('dim')}D network, the problem is {problem.dim}D", path=path)
+        return obj
+
+    def build_network(self, problem):
+        path = self.weights_path(problem, self.arch)
+        obj = self._checked_weights(problem, path)
         self.arch = dict(obj["arch"])
-        if int(self.arch.get("dim", problem.dim)) != problem.dim:
-            raise UserError(f"weights hold a {self.arch.get('dim')}D network, the problem is {problem.dim}D", path=path)
         self.weights_file = str(path)
-        self.weights_geometry_key = have
+        self.weights_geometry_key = obj.get("geometry_key")
         net = build_from_weights(obj, path).to(problem.device)
         if self.freeze_encoder:
             if not hasattr(net, "encoder_parameters"):
