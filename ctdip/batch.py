@@ -210,7 +210,8 @@ def check_settings(specs: list[Specimen], wanted: dict, rerun: bool = False) -> 
             names = ", ".join(s.name for s, _ in differ)
             head = (f"{s0.run_dir.parent}: {len(differ)} specimens ({names}) were run with other settings "
                     f"({s0.name}: {', '.join(d0)})")
-        raise UserError(f"{head}; add --rerun to redo them from scratch, or choose another -o")
+        them = "it" if len(differ) == 1 else "them"
+        raise UserError(f"{head}; add --rerun to redo {them} from scratch, or choose another -o")
     return [s for s, _ in differ]
 
 
