@@ -807,6 +807,8 @@ def specimen_line(s: Specimen) -> str:
         what = s.error or "interrupted"
         if s.iteration is not None and "iteration" not in what:
             what += f" (resumes from its checkpoint at iteration {s.iteration})"
+        elif s.iteration is None and "checkpoint" not in what:
+            what += " (no checkpoint yet: starts again)"
     elif s.state in ("queued", "running") and s.job_id:
         what = f"{s.state} on Slurm (job {s.job_id})"
     else:

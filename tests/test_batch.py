@@ -300,3 +300,37 @@ def test_ctrl_c_while_following_slurm_jobs(specimens, tmp_path, monkeypatch, run
     status = json.loads((out / "batch_status.json").read_text())
     assert [(e["state"], e["job_id"]) for e in status] == [("queued", "4242_0"), ("queued", "4242_1")]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handler is gone
+
+
+def test_pool_replaces_a_worker_that_dies(specimens, tmp_path):
+    """A worker killed during a task (out of memory, ...): that specimen fails with the reason, a
+    new worker takes the rest of the queue."""
+    import multiprocessing as mp
+    import signal
+
+    from ctdip.batch import Specimen, specimen_line
+    from ctdip.batch_local import StopControl, run_pool
+
+    results, started = {}, []
+
+    def on_start(name):
+        started.append(name)
+        if name == "s0":
+            for p in mp.active_children():
+                if p.name == "ctdip-batch-worker":
+                    os.kill(p.pid, signal.SIGKILL)
+
+    def task(name):
+        return {"scan": str(specimens / name), "run_dir": str(tmp_path / name), "method": "fbp"}
+
+    left = run_pool(["s0", "s1"], task, on_start=on_start, on_result=results.__setitem__, n_jobs=1, threads=1,
+                    stop=StopControl())
+    assert left == [] and started == ["s0", "s1"]
+    assert results["s0"] == {"ok": False, "interrupted": False, "killed": False,
+                             "error": "worker ended (killed by SIGKILL)"}
+    assert results["s1"]["ok"] and RunFolder(tmp_path / "s1").is_finished()
+    assert not [p for p in mp.active_children() if p.name == "ctdip-batch-worker"]
+    s = Specimen("s0", tmp_path, tmp_path / "s0", state="interrupted", error="killed by the second signal")
+    assert specimen_line(s) == "s0: killed by the second signal (no checkpoint yet: starts again)"
+    s.iteration = 40
+    assert specimen_line(s) == "s0: killed by the second signal (resumes from its checkpoint at iteration 40)"
