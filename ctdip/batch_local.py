@@ -144,7 +144,7 @@ def run_pool(items: Iterable[Any], make_task: Callable[[Any], dict], *, on_start
 
     def start_worker() -> None:
         parent_conn, child_conn = ctx.Pipe()
-        proc = ctx.Process(target=worker_main, args=(child_conn, int(threads), os.getpid()), daemon=True,
+        proc = ctx.Process(target=worker_main, args=(child_conn, int(threads), os.getpid()), daemon=False,
                            name="ctdip-batch-worker")
         old = {}
         if _in_main_thread():  # the child inherits "ignored" until it has its own handlers
