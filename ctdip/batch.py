@@ -1,4 +1,4 @@
-"""Batch reconstruction of many specimens (``ctdip batch``): a local process pool or Slurm (submitit).
+"""Batch reconstruction of many specimens (``ctdip batch``): local worker processes or Slurm (submitit).
 
 Each scan folder gets one run folder, ``<output>/<scan name>/``, made by the same driver as
 ``ctdip reconstruct`` (:func:`ctdip.reconstruct.reconstruct`). Before anything runs, every
@@ -11,16 +11,24 @@ specimen is classified:
   same seed (classical methods simply run again);
 * ``new``: everything else.
 
+A ``done`` or ``resume`` run is only reused when the settings recorded in its ``config.yaml``
+(method, resolved parameters, scan options, seed, holdout, early stopping:
+:func:`requested_settings`) equal the requested ones; otherwise the batch is refused before any
+work with one line naming the specimens and the differences, or, with ``rerun``, those run
+folders are removed and done again from scratch.
+
 Executors:
 
-* ``local``: ``--jobs J`` worker processes (spawned, so each has a fresh torch), each with its
-  own torch thread pool of ``max(1, cores // J)`` threads: CPU-bound reconstructions then share
-  the machine without oversubscription. Default ``J = min(specimens, max(1, cores // 4))``.
+* ``local``: ``--jobs J`` spawned worker processes fed one specimen at a time by the parent
+  (:mod:`ctdip.batch_local`: signals, no orphans), each with its own torch thread pool of
+  ``max(1, cores // J)`` threads: CPU-bound reconstructions then share the machine without
+  oversubscription. Default ``J = min(specimens, max(1, cores // 4))``.
 * ``slurm``: one Slurm array job through submitit's ``AutoExecutor`` (partition, time, GPUs,
   memory, CPUs per task, array parallelism). The jobs run the same worker function on the nodes.
   With ``--no-wait`` ``ctdip batch`` returns after submission; otherwise it follows the jobs.
   When ``--time`` is given, each run is asked to checkpoint and stop a few minutes before the
-  Slurm limit, so the next ``ctdip batch`` resumes it instead of starting over.
+  Slurm limit, so the next ``ctdip batch`` resumes it instead of starting over. ``scancel``
+  sends SIGTERM: a DIP run checkpoints at the end of its iteration (:func:`run_specimen`).
 
 Progress is read from the run folders themselves (the last row of each ``metrics.csv``), the
 same way for both executors. A failing specimen (unreadable data, a crash) is reported with its
@@ -40,7 +48,7 @@ from typing import Any, Sequence
 from ctdip.errors import CtdipError, UserError
 from ctdip.runs import RunFolder
 
-STATES = ("new", "resume", "done", "queued", "running", "finished", "failed", "interrupted")
+STATES = ("new", "resume", "done", "queued", "running", "finished", "failed", "interrupted", "not_started")
 
 
 @dataclass
@@ -56,6 +64,8 @@ class Specimen:
     started: float | None = None
     ended: float | None = None
     job_id: str | None = None
+    iteration: int | None = None  # checkpoint iteration of an interrupted run
+    resume: bool = False  # continue its run folder (state "resume" when planned)
 
     @property
     def elapsed(self) -> float | None:
@@ -113,6 +123,108 @@ def _classify(run_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# settings of an existing run vs. the requested ones
+# --------------------------------------------------------------------------------------------------
+def requested_settings(method: str, params: dict | None = None, scan_options: dict | None = None,
+                       options: dict | None = None) -> dict:
+    """What decides a run's result, as ``config.yaml`` records it: the canonical method, its
+    resolved parameters (preset < ``params``, completed by the method class exactly as the driver
+    does), the given scan options, seed, holdout fraction and early stopping. Building the method
+    object also refuses unknown or invalid parameters before anything starts."""
+    from ctdip.methods import get_method
+    from ctdip.reconstruct import canonical_method, method_preset
+
+    name = canonical_method(method)
+    cls = get_method(method)
+    merged = {**method_preset(name)["params"], **_given(params)}
+    m = cls(**merged)
+    resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
+    opts = dict(options or {})
+    return _yaml_plain({"method": name, "params": resolved, "scan": _given(scan_options),
+                        "seed": int(opts.get("seed", 0)), "holdout": float(opts.get("holdout", 0.0)),
+                        "stop_early": bool(opts.get("stop_early", False))})
+
+
+def recorded_settings(config: dict) -> dict:
+    """The :func:`requested_settings` keys read from a run's ``config.yaml``."""
+    return _yaml_plain({"method": config.get("method"), "params": config.get("params") or {},
+                        "scan": _given((config.get("scan") or {}).get("options")),
+                        "seed": config.get("seed", 0), "holdout": config.get("holdout", 0.0),
+                        "stop_early": config.get("stop_early", False)})
+
+
+def _yaml_plain(d: dict) -> dict:
+    """``d`` as it reads back from YAML (tuples -> lists, numpy scalars -> floats, ...)."""
+    import yaml
+
+    from ctdip.runs import _plain
+
+    return yaml.safe_load(yaml.safe_dump(_plain(d), sort_keys=False))
+
+
+def settings_diff(recorded: dict, wanted: dict) -> list[str]:
+    """``["iterations 60 -> 200", "scan.angles 30 -> 60", ...]``: recorded -> requested."""
+    out = []
+    for key in ("method", "params", "scan", "seed", "holdout", "stop_early"):
+        a, b = recorded.get(key), wanted.get(key)
+        if key in ("params", "scan"):
+            a, b = a or {}, b or {}
+            prefix = "scan." if key == "scan" else ""
+            for k in list(dict.fromkeys([*b, *a])):
+                if a.get(k) != b.get(k):
+                    out.append(f"{prefix}{k} {_show(a.get(k))} -> {_show(b.get(k))}")
+        elif a != b:
+            out.append(f"{key} {_show(a)} -> {_show(b)}")
+    return out
+
+
+def _show(v: Any) -> str:
+    return "(unset)" if v is None else str(v)
+
+
+def check_settings(specs: list[Specimen], wanted: dict, rerun: bool = False) -> list[Specimen]:
+    """Compare every started or finished run (state ``done`` / ``resume``) with ``wanted``.
+
+    A run whose recorded settings differ (or whose config.yaml cannot be read) is refused with
+    one :class:`UserError` line naming the specimens and the differences, unless ``rerun``: then
+    those specimens are returned (the caller removes their run folders and starts them again)."""
+    from ctdip.data.io import read_yaml
+
+    differ: list[tuple[Specimen, list[str]]] = []
+    for s in specs:
+        if s.state not in ("done", "resume"):
+            continue
+        cfg_path = s.run_dir / "config.yaml"
+        try:
+            diff = settings_diff(recorded_settings(read_yaml(cfg_path)), wanted)
+        except (OSError, UserError, ValueError, AttributeError):
+            diff = ["config.yaml unreadable"]
+        if diff:
+            differ.append((s, diff))
+    if differ and not rerun:
+        s0, d0 = differ[0]
+        what = "finished" if s0.state == "done" else "started"
+        if len(differ) == 1:
+            head = f"{s0.run_dir}: {what} with other settings ({', '.join(d0)})"
+        else:
+            names = ", ".join(s.name for s, _ in differ)
+            head = (f"{s0.run_dir.parent}: {len(differ)} specimens ({names}) were run with other settings "
+                    f"({s0.name}: {', '.join(d0)})")
+        them = "it" if len(differ) == 1 else "them"
+        raise UserError(f"{head}; add --rerun to redo {them} from scratch, or choose another -o")
+    return [s for s, _ in differ]
+
+
+def _remove_run(spec: Specimen) -> None:
+    """Delete a run folder that ``--rerun`` redoes (only ctdip's run folders)."""
+    import shutil
+
+    if (spec.run_dir / "config.yaml").exists() or (spec.run_dir / "checkpoint.pt").exists():
+        shutil.rmtree(spec.run_dir)
+    spec.state = "new"
+
+
+# --------------------------------------------------------------------------------------------------
 # the worker (runs in a pool process or a Slurm task)
 # --------------------------------------------------------------------------------------------------
 def run_specimen(scan: str, run_dir: str, method: str, params: dict | None = None,
@@ -123,32 +235,65 @@ def run_specimen(scan: str, run_dir: str, method: str, params: dict | None = Non
     Returns ``{"ok": True, "summary": {...}}`` or ``{"ok": False, "error": "<one line>",
     "interrupted": bool}``. ``options`` are the driver's keyword options (seed, device, backend,
     holdout, time_limit, stop_early); ``scan_options`` the scan reader's (angles, size, slice, ...).
+
+    SIGINT/SIGTERM (a forwarded Ctrl-C, Slurm's ``scancel``): a DIP run checkpoints at the end of
+    its current iteration; outside the iteration loop the run stops at once. Either way the result
+    is ``{"ok": False, "interrupted": True, "signal": signum, "iteration": N}`` with ``N`` the
+    checkpoint's iteration (None: no checkpoint yet, the specimen starts again).
     """
+    from ctdip.batch_local import SignalLatch, signal_from_message
+
+    latch = SignalLatch()
     try:
-        if threads:
-            import torch
+        with latch:
+            if threads:
+                import torch
 
-            torch.set_num_threads(int(threads))
-        from ctdip.reconstruct import reconstruct
+                torch.set_num_threads(int(threads))
+            from ctdip.reconstruct import reconstruct
 
-        summary = reconstruct(str(scan), method, params=dict(params or {}), output=str(run_dir), resume=resume,
-                              quiet=True, **_driver_kwargs(scan_options, options))
-        return {"ok": True, "summary": _plain_summary(summary)}
+            summary = reconstruct(str(scan), method, params=dict(params or {}), output=str(run_dir), resume=resume,
+                                  quiet=True, **_driver_kwargs(scan_options, options))
+            return {"ok": True, "summary": _plain_summary(summary)}
+    except KeyboardInterrupt as e:
+        signum = latch.signum = latch.signum or signal_from_message(str(e))
+        it = checkpoint_iteration(run_dir)
+        where = f"at iteration {it}, checkpoint written" if it is not None else "before its first checkpoint"
+        return {"ok": False, "interrupted": True, "signal": int(signum), "iteration": it,
+                "error": f"interrupted {where}"}
     except UserError as e:
         return {"ok": False, "error": e.one_line(), "interrupted": False}
     except CtdipError as e:  # e.g. TimeLimitReached: checkpoint written, resume later
-        return {"ok": False, "error": str(e) or type(e).__name__, "interrupted": True}
+        return {"ok": False, "error": str(e) or type(e).__name__, "interrupted": True,
+                "iteration": checkpoint_iteration(run_dir)}
     except Exception as e:  # a crash in one specimen must not stop the others
         tb = traceback.extract_tb(e.__traceback__)
         where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
         return {"ok": False, "error": f"{type(e).__name__}: {e}{where}".replace("\n", " "), "interrupted": False}
 
 
+def checkpoint_iteration(run_dir: str | Path) -> int | None:
+    """The iteration stored in a run's ``checkpoint.pt`` (None: no readable checkpoint)."""
+    p = Path(run_dir) / "checkpoint.pt"
+    if not p.is_file():
+        return None
+    try:
+        import torch
+
+        ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        return int(ck["iteration"])
+    except Exception:  # noqa: BLE001 - a damaged or foreign file: unknown
+        return None
+
+
 def _driver_kwargs(scan_options: dict | None, options: dict | None) -> dict:
     kw = dict(options or {})
-    if scan_options:
-        kw["scan_options"] = {k: v for k, v in scan_options.items() if v is not None}
+    kw["scan_options"] = _given(scan_options)  # always explicit: config.yaml records exactly these
     return kw
+
+
+def _given(d: dict | None) -> dict:
+    return {k: v for k, v in (d or {}).items() if v is not None}
 
 
 def _plain_summary(summary: Any) -> dict:
@@ -161,12 +306,6 @@ def _plain_summary(summary: Any) -> dict:
         if isinstance(v, (str, int, float, bool)) or v is None:
             out[k] = v
     return out
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,7 +482,7 @@ class Progress:
             it = m.get("iter")
             ps = m.get("psnr")
             el = s.elapsed
-            state = f"[{colors.get(s.state, 'white')}]{s.state}[/]"
+            state = f"[{colors.get(s.state, 'white')}]{s.state.replace('_', ' ')}[/]"
             t.add_row(s.name, state, "" if it is None else str(int(it)), "" if ps is None else f"{ps:.2f}",
                       "" if el is None else f"{el:.0f} s", (s.error or s.job_id or "")[:60])
         return t
@@ -368,7 +507,7 @@ class Progress:
             if self._last_state.get(s.name) == s.state:
                 continue
             self._last_state[s.name] = s.state
-            msg = f"[{i}/{n}] {s.name}: {s.state}"
+            msg = f"[{i}/{n}] {s.name}: {s.state.replace('_', ' ')}"
             if s.state == "done":
                 msg += " (finished before, skipped)"
             elif s.state == "resume":
@@ -397,6 +536,9 @@ class BatchResult:
     specimens: list[Specimen]
     rows: list[dict] = field(default_factory=list)  # evaluate-style summary rows (finished runs)
     jobs: list[Any] = field(default_factory=list)  # submitit jobs (slurm/debug executors)
+    output: Path | None = None
+    signal: int | None = None  # SIGINT/SIGTERM that stopped the batch (None: it ran to the end)
+    files: list[Path] = field(default_factory=list)  # batch_status.json, batch_summary.*
 
     @property
     def failures(self) -> list[Specimen]:
@@ -407,9 +549,12 @@ def _apply(spec: Specimen, res: dict) -> None:
     spec.ended = time.time()
     if res.get("ok"):
         spec.state, spec.summary = "finished", res.get("summary", {})
+    elif res.get("started") is False:
+        spec.state, spec.started, spec.ended = "not_started", None, None
     else:
         spec.state = "interrupted" if res.get("interrupted") else "failed"
         spec.error = res.get("error") or "unknown error"
+        spec.iteration = res.get("iteration")
 
 
 def run_batch(
@@ -424,6 +569,7 @@ def run_batch(
     jobs: int | None = None,
     slurm: SlurmOptions | None = None,
     wait: bool = True,
+    rerun: bool = False,
     live: bool | None = None,
     stream=None,
     poll_s: float = 0.5,
@@ -431,22 +577,31 @@ def run_batch(
 ) -> BatchResult:
     """Reconstruct every scan in ``scans`` into ``output/<scan name>/`` (module docstring).
 
-    executor: ``local`` (process pool), ``slurm`` (submitit on a Slurm cluster), or submitit's
-    in-process ``debug`` / subprocess ``submitit-local`` executors (tests, dry runs).
+    executor: ``local`` (spawned worker processes), ``slurm`` (submitit on a Slurm cluster), or
+    submitit's in-process ``debug`` / subprocess ``submitit-local`` executors (tests, dry runs).
+    A run that exists with other settings (:func:`check_settings`) is refused before anything
+    starts, or with ``rerun`` removed and done again. Writes ``output/batch_status.json`` and,
+    when runs finished, ``output/batch_summary.{csv,md,json}``. A SIGINT/SIGTERM stops the batch
+    (:mod:`ctdip.batch_local`); the result then has ``signal`` set and the specimens' states.
     """
-    from ctdip.methods import get_method
+    from ctdip.batch_local import StopControl
 
-    get_method(method)  # unknown method: a UserError before anything starts
     if executor not in ("local", "slurm", "debug", "submitit-local"):
         raise UserError(f"unknown executor '{executor}'; choose one of: local, slurm")
+    if jobs is not None and int(jobs) < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    wanted = requested_settings(method, params, scan_options, options)  # bad method/params: refused here
     specs = plan(scans, output)
+    redo = check_settings(specs, wanted, rerun=rerun)
+    for s in redo:
+        _remove_run(s)
     Path(output).mkdir(parents=True, exist_ok=True)
     todo = [s for s in specs if s.state != "done"]
     options = dict(options or {})
-    result = BatchResult(specs)
-    with Progress(specs, live=live, stream=stream) as prog:
+    result = BatchResult(specs, output=Path(output))
+    with StopControl() as stop, Progress(specs, live=live, stream=stream) as prog:
         if executor == "local":
-            _run_local(todo, method, params, scan_options, options, jobs, prog, poll_s)
+            _run_local(todo, method, params, scan_options, options, jobs, prog, poll_s, stop)
         else:
             slurm = slurm or SlurmOptions()
             t = parse_time_minutes(slurm.time)
@@ -455,54 +610,72 @@ def run_batch(
                 options["time_limit"] = max(60.0, 60.0 * t - max(300.0, 6.0 * t))
             cluster = {"slurm": "slurm", "debug": "debug", "submitit-local": "local"}[executor]
             result.jobs = _run_submitit(todo, method, params, scan_options, options, cluster, slurm,
-                                        Path(output) / "slurm", prog, wait, poll_s)
-    if summarize and wait:
-        result.rows = summary_rows(specs)
+                                        Path(output) / "slurm", prog, wait, poll_s, stop)
+        result.signal = stop.signum
+        if summarize and wait and not stop.stopped:
+            result.rows = summary_rows(specs)
+        result.files = write_batch_files(Path(output), specs, result.rows)
     return result
 
 
-def _run_local(todo: list[Specimen], method, params, scan_options, options, jobs, prog: Progress, poll_s) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+def write_batch_files(output: Path, specs: list[Specimen], rows: list[dict]) -> list[Path]:
+    """``batch_status.json`` (every specimen's state) and, for finished runs,
+    ``batch_summary.{csv,md,json}`` (evaluate-style rows); returns the paths written."""
+    import json
+
+    from ctdip.evaluate import format_rows
+    from ctdip.runs import atomic_write_text
+
+    status = [{"specimen": s.name, "scan": str(s.scan), "run": str(s.run_dir), "state": s.state,
+               "error": s.error, "job_id": s.job_id, "elapsed_s": s.elapsed, "iteration": s.iteration}
+              for s in specs]
+    written = [output / "batch_status.json"]
+    atomic_write_text(written[0], json.dumps(status, indent=2) + "\n")
+    ok = [r for r in rows if "error" not in r]
+    if ok:
+        for fmt in ("csv", "md", "json"):
+            written.append(output / f"batch_summary.{fmt}")
+            atomic_write_text(written[-1], format_rows(ok, fmt))
+    return written
+
+
+def _run_local(todo: list[Specimen], method, params, scan_options, options, jobs, prog: Progress, poll_s,
+               stop) -> None:
+    from ctdip.batch_local import run_pool
 
     if not todo:
         return
-    n_jobs = int(jobs) if jobs else default_jobs(len(todo))
-    if n_jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {jobs}")
-    n_jobs = min(n_jobs, len(todo))
+    n_jobs = min(int(jobs) if jobs else default_jobs(len(todo)), len(todo))
     threads = max(1, cpu_count() // n_jobs)
-    t_start = time.time() - 1.0
-    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch/OpenMP state
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-        futs = {}
-        for s in todo:
-            resume = s.state == "resume"
-            f = pool.submit(run_specimen, str(s.scan.resolve()), str(s.run_dir), method, params, scan_options,
-                            options, threads, resume)
-            futs[f] = s
-            s.state = "queued"
-        pending = set(futs)
-        while pending:
-            done, pending = wait(pending, timeout=poll_s, return_when=FIRST_COMPLETED)
-            for f in done:
-                s = futs[f]
-                try:
-                    res = f.result()
-                except Exception as e:  # the worker process died (killed, out of memory)
-                    res = {"ok": False, "error": f"worker died: {type(e).__name__}: {e}".replace("\n", " ")}
-                if s.started is None:
-                    s.started = time.time()
-                _apply(s, res)
-            for f in pending:  # a queued job has started once it writes into its run folder
-                s = futs[f]
-                if s.state == "queued" and _touched_since(s.run_dir, t_start):
-                    s.state, s.started = "running", time.time()
-            prog.update()
+    for s in todo:
+        s.resume = s.state == "resume"
+        s.state = "queued"
+    prog.update()
+
+    def task(s: Specimen) -> dict:
+        return {"scan": str(s.scan.resolve()), "run_dir": str(s.run_dir), "method": method, "params": params,
+                "scan_options": scan_options, "options": options, "threads": threads, "resume": s.resume}
+
+    def started(s: Specimen) -> None:
+        s.state, s.started = "running", time.time()
+
+    def finished(s: Specimen, res: dict) -> None:
+        if res.get("killed") and res.get("iteration") is None:  # no time to ask it; read its last checkpoint
+            res = {**res, "iteration": checkpoint_iteration(s.run_dir)}
+        _apply(s, res)
+
+    left = run_pool(todo, task, on_start=started, on_result=finished, n_jobs=n_jobs, threads=threads, stop=stop,
+                    tick=prog.update, poll_s=poll_s)
+    for s in left:
+        s.state = "not_started"
+    prog.update()
 
 
 def _run_submitit(todo, method, params, scan_options, options, cluster, slurm_opts, folder, prog: Progress,
-                  wait: bool, poll_s: float) -> list:
+                  wait: bool, poll_s: float, stop) -> list:
+    """Submit ``todo`` as one array and follow it. A SIGINT/SIGTERM stops following (the Slurm
+    jobs keep running; the same command later follows them again); a debug job interrupted by
+    the signal stops the ones after it."""
     if not todo:
         return []
     ex = make_executor(folder, cluster, slurm_opts, job_name=f"ctdip-{method}")
@@ -530,8 +703,10 @@ def _run_submitit(todo, method, params, scan_options, options, cluster, slurm_op
         return jobs
     pending = dict(zip(jobs, todo))
     t_start = time.time() - 1.0
-    while pending:
+    while pending and not stop.stopped:
         for j, s in list(pending.items()):
+            if stop.stopped:
+                break
             if cluster == "debug" and s.state == "queued":  # debug jobs run in-process on result()
                 s.state, s.started = "running", time.time()
                 prog.update()
@@ -543,12 +718,17 @@ def _run_submitit(todo, method, params, scan_options, options, cluster, slurm_op
                 if s.started is None:
                     s.started = time.time()
                 _apply(s, res)
+                if res.get("signal"):
+                    stop.request(res["signal"])
                 del pending[j]
             elif s.state == "queued" and _touched_since(s.run_dir, t_start):
                 s.state, s.started = "running", time.time()
         prog.update()
-        if pending:
+        if pending and not stop.stopped:
             time.sleep(poll_s)
+    if cluster == "debug":
+        for s in pending.values():
+            s.state = "not_started"
     return jobs
 
 
@@ -613,6 +793,27 @@ def summary_rows(specs: list[Specimen]) -> list[dict]:
         except UserError as err:
             rows.append({"name": s.name, "method": None, "error": err.one_line()})
     return rows
+
+
+def specimen_line(s: Specimen) -> str:
+    """``"s2: interrupted at iteration 340, checkpoint written"``: one specimen's outcome."""
+    if s.state == "finished":
+        what = "finished" + (f" in {s.elapsed:.1f} s" if s.elapsed is not None else "")
+    elif s.state == "done":
+        what = "finished before (skipped)"
+    elif s.state == "not_started":
+        what = "not started"
+    elif s.state == "interrupted":
+        what = s.error or "interrupted"
+        if s.iteration is not None and "iteration" not in what:
+            what += f" (resumes from its checkpoint at iteration {s.iteration})"
+        elif s.iteration is None and "checkpoint" not in what:
+            what += " (no checkpoint yet: starts again)"
+    elif s.state in ("queued", "running") and s.job_id:
+        what = f"{s.state} on Slurm (job {s.job_id})"
+    else:
+        what = s.state + (f": {s.error}" if s.error else "")
+    return f"{s.name}: {what}"
 
 
 def failure_lines(result: BatchResult) -> list[str]:

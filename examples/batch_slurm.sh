@@ -9,7 +9,9 @@
 # submitting; run the same command again later to collect results: finished specimens are
 # skipped and interrupted ones (time limit, preemption) resume from their checkpoint. Each run
 # is told to checkpoint and stop 5 minutes before --time, so long DIP runs continue cleanly in
-# the next submission.
+# the next submission; `scancel` (SIGTERM) makes a running DIP specimen checkpoint too. Ctrl-C
+# here only stops following the jobs (exit 130); they keep running on the cluster. Changing a
+# setting (say --iterations) for the same -o is refused unless --rerun (redo from scratch).
 set -euo pipefail
 SPECIMENS=${1:?usage: batch_slurm.sh SPECIMENS_DIR RUNS_DIR}
 RUNS=${2:?usage: batch_slurm.sh SPECIMENS_DIR RUNS_DIR}

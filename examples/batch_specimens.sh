@@ -6,8 +6,9 @@
 # 1. simulates four small fan-beam specimens (stand-ins for your scan folders);
 # 2. reconstructs all of them with `ctdip batch` on a local process pool: one run folder per
 #    specimen under WORKDIR/runs/, --jobs parallel specimens, each with cores/jobs torch threads;
-# 3. runs the same command again: finished specimens are skipped (an interrupted batch resumes
-#    exactly where it stopped);
+# 3. runs the same command again: finished specimens are skipped (an interrupted batch, e.g. by
+#    Ctrl-C, resumes exactly where it stopped); the same folder with other settings is refused
+#    (exit 2) unless --rerun;
 # 4. compares two methods on every specimen with `ctdip evaluate` (tables + plots).
 set -euo pipefail
 WORK=${1:-batch_demo}
@@ -25,6 +26,11 @@ ctdip batch "$WORK"/specimens/*/ --method tv --angles 30 --iterations 300 -o "$W
 
 # Second call: everything is already finished, nothing is recomputed.
 ctdip batch "$WORK"/specimens/*/ --method tv --angles 30 --iterations 300 -o "$WORK/runs/tv" --jobs 2
+
+# Other settings into the same folder: refused in one line, nothing runs (--rerun would redo them).
+if ctdip batch "$WORK"/specimens/*/ --method tv --angles 30 --iterations 200 -o "$WORK/runs/tv"; then
+  echo "expected a refusal" >&2; exit 1
+fi
 
 # The summaries: runs/<method>/batch_summary.{csv,md,json}; a cross-method table and plots for one specimen:
 ctdip evaluate "$WORK"/runs/*/walnut1 --format md -o "$WORK/evaluation_walnut1"

@@ -165,3 +165,172 @@ def test_live_table_renders(tmp_path):
     text = stream.getvalue()
     for word in ("specimen", "walnut1", "running", "40", "27.12", "walnut2", "failed", "projections.tif: bad"):
         assert word in text, word
+
+
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def test_changed_settings_are_refused_or_rerun(specimens, tmp_path, run_cli, capsys):
+    import json
+
+    out = tmp_path / "runs"
+    scans = [specimens / "s0", specimens / "s1"]
+    res = run_batch(scans, "cgls", out, params={"iterations": 3}, executor="debug", live=False, stream=io.StringIO())
+    assert [s.state for s in res.specimens] == ["finished", "finished"]
+    # library callers get the same status and summary files as the command
+    assert [p.name for p in res.files] == ["batch_status.json", "batch_summary.csv", "batch_summary.md",
+                                           "batch_summary.json"]
+    status = json.loads((out / "batch_status.json").read_text())
+    assert [(e["specimen"], e["state"]) for e in status] == [("s0", "finished"), ("s1", "finished")]
+    assert len((out / "batch_summary.csv").read_text().splitlines()) == 3
+    before = _tree(out)
+
+    # other iterations: refused before any work, one line naming the specimens and the change
+    code = run_cli("batch", *scans, "--method", "cgls", "-n", "5", "-o", out)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {out}: 2 specimens (s0, s1) were run")
+    assert "(s0: iterations 3 -> 5)" in err and "--rerun" in err
+    assert _tree(out) == before  # nothing written, nothing removed
+    # the same settings: skipped
+    res = run_batch(scans, "cgls", out, params={"iterations": 3}, executor="debug", live=False, stream=io.StringIO())
+    assert [s.state for s in res.specimens] == ["done", "done"]
+
+    # an unfinished run with another scan option is refused too
+    (out / "s1" / "summary.json").unlink()
+    code = run_cli("batch", specimens / "s1", "--method", "cgls", "-n", "3", "--angles", "10", "-o", out)
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: {out / 's1'}: started with other settings (scan.angles (unset) -> 10); "
+                                 "add --rerun to redo it from scratch, or choose another -o\n")
+    with pytest.raises(UserError, match=r"seed 0 -> 3"):
+        run_batch([specimens / "s1"], "cgls", out, params={"iterations": 3}, options={"seed": 3}, executor="debug")
+
+    # --rerun redoes both from scratch (finished s0, unfinished s1); --set keys take dashes like reconstruct
+    code = run_cli("batch", *scans, "--method", "cgls", "-n", "5", "--set", "log-every=2", "--rerun", "-o", out,
+                   "--jobs", "1")
+    assert code == 0, capsys.readouterr().err
+    for n in ("s0", "s1"):
+        cfg = RunFolder(out / n).read_config()
+        assert cfg["params"]["iterations"] == 5 and cfg["params"]["log_every"] == 2 and "resumed" not in cfg
+        assert [r["iter"] for r in RunFolder(out / n).read_metrics()][-1] == 5
+    # and a rerun of a run that already has these settings does nothing
+    res = run_batch(scans, "cgls", out, params={"iterations": 5, "log_every": 2}, rerun=True, executor="debug",
+                    live=False, stream=io.StringIO())
+    assert [s.state for s in res.specimens] == ["done", "done"]
+
+
+def test_set_keys_turn_dashes_into_underscores(specimens, tmp_path):
+    from ctdip.batch import requested_settings
+    from ctdip.cli._options import parse_set
+
+    params = parse_set(["log-every=2", "iterations=4"])
+    assert params == {"log_every": 2, "iterations": 4}
+    assert requested_settings("cgls", params)["params"] == {"iterations": 4, "log_every": 2}
+    with pytest.raises(UserError, match="has no parameter 'no_such'"):
+        requested_settings("cgls", parse_set(["no-such=1"]))
+
+
+def test_worker_checkpoints_on_sigterm_and_stops_on_a_signal_outside_the_loop(specimens, tmp_path, monkeypatch,
+                                                                          one_thread):
+    """What a Slurm task does on `scancel` (SIGTERM, with submitit's 'bypass' handler installed):
+    the DIP run checkpoints at its iteration and returns 'interrupted'; the handler is restored."""
+    import signal
+
+    from ctdip.runs import RunFolder as RF
+
+    def bypass(signum, frame):  # submitit's handler: logs and ignores SIGTERM
+        pass
+
+    old = signal.signal(signal.SIGTERM, bypass)
+    append = RF.append_metrics
+
+    def append_then_signal(self, rows):  # "scancel" at iteration 1, inside the engine loop
+        append(self, rows)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        monkeypatch.setattr(RF, "append_metrics", append_then_signal)
+        r = run_specimen(str(specimens / "s0"), str(tmp_path / "a"), "tv", {"network": "tiny", "iterations": 50})
+        assert signal.getsignal(signal.SIGTERM) is bypass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        monkeypatch.undo()
+    assert r == {"ok": False, "interrupted": True, "signal": signal.SIGTERM, "iteration": 1,
+                 "error": "interrupted at iteration 1, checkpoint written"}
+    # a signal while the scan is being read (no engine handler yet) stops the run at once
+    import ctdip.data.loader as loader
+
+    load = loader.load_scan
+
+    def load_then_signal(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return load(*a, **k)
+
+    monkeypatch.setattr(loader, "load_scan", load_then_signal)
+    r = run_specimen(str(specimens / "s1"), str(tmp_path / "b"), "tv", {"network": "tiny", "iterations": 50})
+    assert r["interrupted"] and r["signal"] == signal.SIGINT and r["iteration"] is None
+    assert r["error"] == "interrupted before its first checkpoint"
+    assert not (tmp_path / "b").exists()
+
+
+def test_ctrl_c_while_following_slurm_jobs(specimens, tmp_path, monkeypatch, run_cli, capsys):
+    """Ctrl-C stops following (the jobs keep running on the cluster), writes the status with the
+    job ids and exits 130; the same command later follows the same jobs."""
+    import json
+    import signal
+
+    import ctdip.batch as batch
+
+    monkeypatch.setenv("PATH", f"{_fake_slurm_bin(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    calls = []
+
+    def touched_then_ctrl_c(run_dir, t):  # called while following the queued jobs
+        calls.append(run_dir)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+    monkeypatch.setattr(batch, "_touched_since", touched_then_ctrl_c)
+    out = tmp_path / "runs"
+    code = run_cli("batch", specimens / "s0", specimens / "s1", "--method", "fbp", "--executor", "slurm", "-o", out)
+    err = capsys.readouterr().err
+    assert code == 130
+    assert f"SIGINT: batch stopped; status in {out / 'batch_status.json'}\n" in err
+    assert "  s0: queued on Slurm (job 4242_0)\n" in err and "  s1: queued on Slurm (job 4242_1)\n" in err
+    status = json.loads((out / "batch_status.json").read_text())
+    assert [(e["state"], e["job_id"]) for e in status] == [("queued", "4242_0"), ("queued", "4242_1")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handler is gone
+
+
+def test_pool_replaces_a_worker_that_dies(specimens, tmp_path):
+    """A worker killed during a task (out of memory, ...): that specimen fails with the reason, a
+    new worker takes the rest of the queue."""
+    import multiprocessing as mp
+    import signal
+
+    from ctdip.batch import Specimen, specimen_line
+    from ctdip.batch_local import StopControl, run_pool
+
+    results, started = {}, []
+
+    def on_start(name):
+        started.append(name)
+        if name == "s0":
+            for p in mp.active_children():
+                if p.name == "ctdip-batch-worker":
+                    os.kill(p.pid, signal.SIGKILL)
+
+    def task(name):
+        return {"scan": str(specimens / name), "run_dir": str(tmp_path / name), "method": "fbp"}
+
+    left = run_pool(["s0", "s1"], task, on_start=on_start, on_result=results.__setitem__, n_jobs=1, threads=1,
+                    stop=StopControl())
+    assert left == [] and started == ["s0", "s1"]
+    assert results["s0"] == {"ok": False, "interrupted": False, "killed": False,
+                             "error": "worker ended (killed by SIGKILL)"}
+    assert results["s1"]["ok"] and RunFolder(tmp_path / "s1").is_finished()
+    assert not [p for p in mp.active_children() if p.name == "ctdip-batch-worker"]
+    s = Specimen("s0", tmp_path, tmp_path / "s0", state="interrupted", error="killed by the second signal")
+    assert specimen_line(s) == "s0: killed by the second signal (no checkpoint yet: starts again)"
+    s.iteration = 40
+    assert specimen_line(s) == "s0: killed by the second signal (resumes from its checkpoint at iteration 40)"

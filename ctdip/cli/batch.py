@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -11,12 +10,6 @@ import typer
 
 from ctdip.cli._options import INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, parse_set
 from ctdip.validate import check_output_path
-
-
-def parse_params(items: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs -> dict, values parsed as YAML scalars (``lr=1e-4`` -> 0.0001); keys are
-    only stripped (see :func:`ctdip.cli._options.parse_set`)."""
-    return parse_set(items, strict_keys=False, message="{option} '{item}' is not KEY=VALUE")
 
 
 def register(app: typer.Typer) -> None:
@@ -58,13 +51,15 @@ def register(app: typer.Typer) -> None:
         qos: Optional[str] = typer.Option(None, "--qos", help="Slurm quality of service."),
         slurm_setup: Optional[List[str]] = typer.Option(None, "--slurm-setup", help="Shell line run before each job (repeatable), e.g. 'module load cuda'."),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Slurm: follow the jobs until they end (default) or return after submitting."),
+        rerun: bool = typer.Option(False, "--rerun", help="Redo from scratch the specimens whose run folder has other settings (refused otherwise)."),
     ) -> None:
-        """Reconstruct many specimens: one run folder each; finished ones are skipped, interrupted
-        ones resumed; a live progress table; exit code 1 listing the failures."""
-        from ctdip.batch import SlurmOptions, failure_lines, run_batch
+        """Reconstruct many specimens: one run folder each; finished ones with the same settings are
+        skipped, interrupted ones resumed; a live progress table; exit code 1 listing the failures,
+        130/143 after Ctrl-C/SIGTERM (running specimens checkpoint; the same command continues)."""
+        from ctdip.batch import SlurmOptions, failure_lines, run_batch, specimen_line
+        from ctdip.batch_local import signal_name
         from ctdip.errors import UserError
         from ctdip.evaluate import format_rows, rich_table
-        from ctdip.runs import atomic_write_text
 
         if executor not in ("local", "slurm"):
             raise UserError(f"unknown executor '{executor}'; choose one of: local, slurm")
@@ -79,23 +74,26 @@ def register(app: typer.Typer) -> None:
         params = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
                   "weights": None if weights is None else str(weights.resolve())}
         params = given(params)
-        params.update(parse_params(set_))
+        params.update(parse_set(set_))
         slurm = SlurmOptions(partition=partition, time=time_, gpus=gpus, mem=mem, cpus=cpus,
                              array_parallelism=array_parallelism, account=account, qos=qos,
                              setup=list(slurm_setup or []))
         res = run_batch(scans, method, out, params=params, scan_options=scan_options, options=options,
-                        executor=executor, jobs=jobs, slurm=slurm, wait=wait)
-        status = [{"specimen": s.name, "scan": str(s.scan), "run": str(s.run_dir), "state": s.state,
-                   "error": s.error, "job_id": s.job_id, "elapsed_s": s.elapsed} for s in res.specimens]
-        atomic_write_text(out / "batch_status.json", json.dumps(status, indent=2) + "\n")
+                        executor=executor, jobs=jobs, slurm=slurm, wait=wait, rerun=rerun)
+        if res.signal is not None:
+            lines = [f"{signal_name(res.signal)}: batch stopped; status in {out / 'batch_status.json'}"]
+            lines += [f"  {specimen_line(s)}" for s in res.specimens]
+            lines.append("run the same command again to continue (finished specimens are skipped, "
+                         "interrupted ones resume from their checkpoint)")
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+            raise typer.Exit(128 + int(res.signal))
         if not wait:
             typer.echo(f"submitted {sum(1 for s in res.specimens if s.job_id)} specimen(s) to Slurm; "
                        f"logs in {out / 'slurm'}; run the same command again to collect and resume", err=True)
             return
         rows = [r for r in res.rows if "error" not in r]
         if rows:
-            for fmt in ("csv", "md", "json"):
-                atomic_write_text(out / f"batch_summary.{fmt}", format_rows(rows, fmt))
             if sys.stdout.isatty():
                 from rich.console import Console
 
