@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from ctdip.cli._options import (INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given,
+from ctdip.cli._options import (INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, method_help,
                                 parse_set)
 from ctdip.errors import UserError
 
@@ -22,15 +22,15 @@ METHOD_OPTIONS = ("iterations", "lr", "input", "network", "tv_weight", "weights"
 def register(app: typer.Typer) -> None:
     @app.command("reconstruct")
     def reconstruct_cmd(
-        scan: Optional[Path] = typer.Argument(None, help="Scan folder (ctdip or walnut layout). Not needed with --resume."),
-        method: Optional[str] = typer.Option(None, "--method", "-m", help="fbp, cgls, pdhg-tv, vanilla, tv, edip, ... (default fbp)"),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<time>_<method>_<scan>)."),
-        setup: Optional[str] = typer.Option(None, "--setup", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it."),
-        angles: Optional[int] = typer.Option(None, "--angles", help="Use K equispaced views of the scan."),
-        bin_: Optional[int] = typer.Option(None, "--bin", help="Detector binning B (columns in 2D, rows and columns in 3D)."),
-        slice_: Optional[str] = typer.Option(None, "--slice", help="Volume slice for 2D: index, 'mid', or offset like +3."),
-        mode: Optional[str] = typer.Option(None, "--mode", help="2d (one slice, default) or 3d."),
-        size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N (same field of view)."),
+        scan: Optional[Path] = typer.Argument(None, metavar="SCAN", help="Scan folder (ctdip or walnut layout). Not needed with --resume."),
+        method: Optional[str] = typer.Option(None, "--method", "-m", metavar="NAME", help=method_help()),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="RUN", help="Run folder (default runs/<time>_<method>_<scan>)."),
+        setup: Optional[str] = typer.Option(None, "--setup", metavar="NAME|FILE", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it."),
+        angles: Optional[int] = typer.Option(None, "--angles", metavar="K", help="Use K equispaced views of the scan."),
+        bin_: Optional[int] = typer.Option(None, "--bin", metavar="B", help="Detector binning B (columns in 2D, rows and columns in 3D)."),
+        slice_: Optional[str] = typer.Option(None, "--slice", metavar="Z", help="Volume slice for 2D: index, 'mid', or offset like +3."),
+        mode: Optional[str] = typer.Option(None, "--mode", metavar="2d|3d", help="2d (one slice, default) or 3d."),
+        size: Optional[int] = typer.Option(None, "--size", metavar="N", help="Reconstruction grid N x N (same field of view)."),
         orbit: Optional[int] = ORBIT,
         iterations: Optional[int] = ITERATIONS,
         lr: Optional[float] = LR,
@@ -38,18 +38,18 @@ def register(app: typer.Typer) -> None:
         network: Optional[str] = NETWORK,
         tv_weight: Optional[float] = TV_WEIGHT,
         weights: Optional[Path] = WEIGHTS,
-        denoiser: Optional[str] = typer.Option(None, "--denoiser", help="Denoiser: FILE, tv or bm3d."),
+        denoiser: Optional[str] = typer.Option(None, "--denoiser", metavar="FILE|tv|bm3d", help="Denoiser: FILE, tv or bm3d."),
         force: Optional[bool] = typer.Option(None, "--force", help="Method param 'force' (e.g. accept mismatched weights)."),
-        set_: Optional[List[str]] = typer.Option(None, "--set", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i]."),
-        backend: Optional[str] = typer.Option(None, "--backend", help="Operator backend: auto, matrix, torch, astra-cuda."),
-        holdout: Optional[float] = typer.Option(None, "--holdout", help="Fraction of views held out (no-reference quality signal)."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
+        seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (default 0)."),
+        device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]."),
+        backend: Optional[str] = typer.Option(None, "--backend", metavar="NAME", help="Operator backend: auto, matrix, torch, astra-cuda."),
+        holdout: Optional[float] = typer.Option(None, "--holdout", metavar="FRACTION", help="Fraction of views held out (no-reference quality signal)."),
         stop_early: bool = typer.Option(False, "--stop-early", help="End DIP runs at the ES-WMV early-stopping point."),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in RUN_DIR (needs nothing else)."),
-        time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Seconds or HH:MM:SS; exit 3 after a checkpoint."),
-        log_every: Optional[int] = typer.Option(None, "--log-every", help="Metrics row every N iterations."),
-        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N iterations."),
+        resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue the run folder RUN (needs nothing else)."),
+        time_limit: Optional[str] = typer.Option(None, "--time-limit", metavar="TIME", help="Seconds or HH:MM:SS; exit 3 after a checkpoint."),
+        log_every: Optional[int] = typer.Option(None, "--log-every", metavar="N", help="Metrics row every N iterations."),
+        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", metavar="N", help="Checkpoint every N iterations."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
         json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     ) -> None:
