@@ -6,11 +6,13 @@ For each input (a run folder, or a ``.tif``/``.tiff``/``.npy`` volume from any t
   ``PSNR = 10 log10(R^2 / MSE)`` and Gaussian-window SSIM with ``R = max(ref) - min(ref)``
   (:mod:`ctdip.metrics`; identical to scikit-image's), over the ``--mask`` region if given;
 * ``peak_psnr``/``peak_iter``, ``final_psnr``/``final_iter``: from the run's logged PSNR curve
-  (metrics.csv, computed during the run against the run's own reference);
+  (metrics.csv, computed during the run against the run's own reference): peak = maximum over the
+  logged iterates, final = the last logged iterate (:func:`ctdip.metrics.curve_numbers`, the same
+  definitions as the console summary and summary.json's ``returned``/``final``/``peak``);
 * ``es_psnr``/``es_iter``: the early-stopped pick (``recon_es.tif`` against the reference when
   both exist, else the curve at the early-stop iteration);
 * ``steady_psnr``: median of the last 10 % of the curve; ``rise_time``: first iteration within
-  0.1 dB of it (EDIP paper's definitions, :func:`ctdip.metrics.steady_psnr`, :func:`rise_time`);
+  0.1 dB of it (curves of at least 10 points; EDIP paper's definitions, :func:`ctdip.metrics.steady_psnr`, :func:`rise_time`);
 * ``holdout``: the last held-out-view residual logged (runs made with ``--holdout``);
 * ``wall_s``: the run's wall time.
 
@@ -43,8 +45,8 @@ VOLUME_SUFFIXES = (".tif", ".tiff", ".npy")
 COLUMNS: list[tuple[str, str]] = [
     ("name", "run"),
     ("method", "method"),
-    ("psnr", "PSNR"),
-    ("ssim", "SSIM"),
+    ("psnr", "PSNR (returned)"),
+    ("ssim", "SSIM (returned)"),
     ("peak_psnr", "peak PSNR"),
     ("peak_iter", "@it"),
     ("es_psnr", "ES PSNR"),
@@ -260,18 +262,20 @@ def evaluate_entry(entry: Entry, reference: np.ndarray | None, mask: str | None 
         m = _mask_for(mask, reference.shape)
         row["psnr"] = metrics.psnr(entry.recon, reference, mask=m)
         row["ssim"] = metrics.ssim(entry.recon, reference, mask=m)
-    elif entry.kind == "run":  # the run's own numbers, when it had a reference
-        row["psnr"] = _sub(s, "final", "psnr")
-        row["ssim"] = _sub(s, "final", "ssim")
+    elif entry.kind == "run":  # the run's own numbers, when it had a reference ("final": older runs)
+        own = s.get("returned") if isinstance(s.get("returned"), dict) else s.get("final")
+        row["psnr"] = _sub({"r": own}, "r", "psnr")
+        row["ssim"] = _sub({"r": own}, "r", "ssim")
     its, ps = curve(entry)
-    if len(ps):
-        i = int(np.argmax(ps))
-        row["peak_psnr"], row["peak_iter"] = float(ps[i]), int(its[i])
-        row["final_psnr"], row["final_iter"] = float(ps[-1]), int(its[-1])
-        row["steady_psnr"] = metrics.steady_psnr(ps)
-        row["rise_time"] = metrics.rise_time(its, ps, row["steady_psnr"])
+    cn = metrics.curve_numbers(entry.metrics)  # the same definitions as summary.json
+    if cn:
+        row["peak_psnr"], row["peak_iter"] = cn["peak"]["psnr"], cn["peak"]["iter"]
+        row["final_psnr"], row["final_iter"] = cn["final"]["psnr"], cn["final"]["iter"]
+        row["steady_psnr"], row["rise_time"] = cn.get("steady_psnr"), cn.get("rise_time")
     elif entry.kind == "run":
         row["peak_psnr"], row["peak_iter"] = _sub(s, "peak", "psnr"), _sub(s, "peak", "iter")
+        if s.get("returned") is not None:  # a current summary: "final" is the last iterate
+            row["final_psnr"], row["final_iter"] = _sub(s, "final", "psnr"), _sub(s, "final", "iter")
     if entry.kind == "run":
         es_iter = _sub(s, "early_stop", "iter")
         if es_iter is None:
