@@ -21,6 +21,8 @@ without a reference and reports what it can.
 
 The reference is ``--reference`` (a volume file, or a scan folder holding ``reference.tif``);
 without it, each run's own scan reference is used when its config names a scan folder that has one.
+A reference on the scan's full grid is cut and resampled to each run's slice and grid
+(:func:`reference_for_run`), so ``--reference walnut1/reference.tif`` scores 2D runs of a 3D scan.
 """
 
 from __future__ import annotations
@@ -169,6 +171,43 @@ def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
         return None
     ref = np.asarray(sc.reference, dtype=np.float32).reshape(-1, *np.shape(sc.reference)[-2:])
     return (ref, scan) if ref.shape == entry.recon.shape else None
+
+
+def reference_for_run(entry: Entry, ref: np.ndarray) -> np.ndarray:
+    """``ref`` as the run saw it: a volume on the scan's full grid (e.g. a 3D ``reference.tif``
+    given to a 2D run) becomes the run's slice (``scan.info.slice`` in config.yaml) resampled to
+    the run's grid (``--size``) exactly as :func:`ctdip.data.loader.load_scan` does. Returned
+    unchanged when the shapes already match or the config does not say how (the shape check then
+    reports the mismatch)."""
+    if entry.kind != "run" or ref.shape == entry.recon.shape:
+        return ref
+    from ctdip.data.loader import resample
+    from ctdip.geometry import VolumeGeometry
+
+    scan = entry.config.get("scan") if isinstance(entry.config.get("scan"), dict) else {}
+    info = scan.get("info") or {}
+    vol = entry.config.get("volume") or {}
+    try:
+        run_vol = VolumeGeometry(tuple(vol["shape"]), tuple(vol["voxel_mm"]), tuple(vol["center_mm"]))
+    except (KeyError, TypeError, UserError):
+        return ref
+    if tuple(run_vol.shape) != entry.recon.shape:
+        return ref
+    full = info.get("volume_full") or {}
+    if full and tuple(full.get("shape", ())) == ref.shape:
+        old = VolumeGeometry(tuple(full["shape"]), tuple(full["voxel_mm"]), tuple(full["center_mm"]))
+    else:  # older runs: assume the reference spans the run's field of view
+        n_run = run_vol.shape[1:]
+        vox = [run_vol.voxel_mm[a + 1] * n_run[a] / ref.shape[a + 1] for a in range(2)]
+        dz = run_vol.voxel_mm[0] if run_vol.shape[0] == 1 else run_vol.extent_mm[0] / ref.shape[0]
+        old = VolumeGeometry(ref.shape, (dz, *vox), run_vol.center_mm)
+    if run_vol.shape[0] == 1 and ref.shape[0] > 1:
+        z = info.get("slice")
+        if not isinstance(z, int) or not 0 <= z < ref.shape[0]:
+            return ref
+        ref = ref[z:z + 1]
+        old = VolumeGeometry((1, *old.shape[1:]), old.voxel_mm, (0.0, *old.center_mm[1:]))
+    return np.asarray(resample(ref, old, run_vol), dtype=np.float32)
 
 
 def load_entry(path: str | Path) -> Entry:
@@ -338,7 +377,7 @@ def evaluate(paths: Sequence[str | Path], reference: str | Path | None = None, m
     rows, refs = [], {}
     for e in entries:
         if global_ref is not None:
-            rp, ref = global_ref, ref_of(global_ref)
+            rp, ref = global_ref, reference_for_run(e, ref_of(global_ref))
         else:
             found = run_reference(e)
             ref, rp = found if found is not None else (None, None)

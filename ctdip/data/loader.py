@@ -199,7 +199,9 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
     src = open_source(path, orbit=opts.get("orbit"))
     geom, vol = src.geometry, src.volume
     info: dict[str, Any] = {"layout": src.layout, "folder": str(Path(path)), "n_views_total": geom.n_views,
-                            "detector_total": list(geom.det_shape), "options": dict(opts), **src.info}
+                            "detector_total": list(geom.det_shape), "options": dict(opts),
+                            "volume_full": {"shape": list(vol.shape), "voxel_mm": list(vol.voxel_mm),
+                                            "center_mm": list(vol.center_mm)}, **src.info}
 
     views = np.arange(geom.n_views)
     if opts.get("angles") is not None:
