@@ -164,7 +164,7 @@ def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
     try:
         from ctdip.data.loader import load_scan
 
-        sc = load_scan(scan, **{k: v for k, v in dict(opts or {}).items() if v is not None})
+        sc = load_scan(scan, warn=False, **{k: v for k, v in dict(opts or {}).items() if v is not None})
     except (UserError, TypeError, ImportError):
         return None
     if sc.reference is None:
