@@ -474,8 +474,9 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str | Path) -> bool:
-    """All logged PSNR curves in one figure (peak: dot, early stop: cross). False if none."""
+def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str | Path):
+    """All logged PSNR curves in one figure (peak: dot, early stop: cross); returns the figure, or
+    False if there is no curve. Beyond ``LEGEND_INSIDE_MAX`` curves the legend is outside."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -497,24 +498,38 @@ def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str |
     ax.set_ylabel("PSNR (dB)")
     ax.set_title("PSNR during reconstruction (o peak, x early stop)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if len(have) <= LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=8, loc="lower right")
+    else:  # many runs: the legend goes right of the axes, in columns of at most 20 entries
+        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  ncol=math.ceil(len(have) / 20), frameon=False)
     _save_fig(fig, Path(path))
     plt.close(fig)
-    return True
+    return fig
+
+
+#: up to this many curves the legend sits inside the axes, beyond it to their right
+LEGEND_INSIDE_MAX = 6
 
 
 def _mid(v: np.ndarray) -> np.ndarray:
-    return v[v.shape[0] // 2]
+    from ctdip.plots import mid_slice
+
+    return mid_slice(v)[0]
 
 
 def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str, np.ndarray], path: str | Path,
-                 max_cols: int = 6) -> None:
-    """Reconstructions (central slice) on one grey range, and their error maps ``x - ref`` on one
-    symmetric colour range with a colour bar. Without references, only the reconstructions."""
+                 max_cols: int = 6):
+    """The reference(s) first, then each reconstruction (central slice, named ``z = k of N`` for
+    volumes) on one grey range, and their error maps ``x - ref`` on one symmetric colour range;
+    colour bars in attenuation (1/mm) when every input is a ctdip run (volumes from other tools:
+    their own unit). Without references, only the reconstructions. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ctdip.plots import mid_slice
 
     imgs = [_mid(e.recon) for e in entries]
     ref_imgs = {k: _mid(v) for k, v in refs.items()}
@@ -529,20 +544,28 @@ def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str,
     errs = [imgs[i] - ref_imgs[e.name] if e.name in ref_imgs else None for i, e in enumerate(entries)]
     emax = max([float(np.percentile(np.abs(er), 99.5)) for er in errs if er is not None] or [0.0]) or 1e-12
     with_err = any(er is not None for er in errs)
-    # panels: the reference first (when all entries share one), then the entries
-    shared_ref = None
-    if ref_imgs and len(refs) == len(entries):
-        first = next(iter(ref_imgs.values()))
-        if all(r.shape == first.shape and np.array_equal(r, first) for r in ref_imgs.values()):
-            shared_ref = first
+    # panels: each distinct reference first (one when the entries share it), then the entries
+    distinct: list[tuple[np.ndarray, list[str]]] = []
+    for e in entries:
+        if e.name not in ref_imgs:
+            continue
+        r = ref_imgs[e.name]
+        for img, names in distinct:
+            if img.shape == r.shape and np.array_equal(img, r):
+                names.append(e.name)
+                break
+        else:
+            distinct.append((r, [e.name]))
     panels: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-    if shared_ref is not None:
-        panels.append(("reference", shared_ref, None))
+    for img, names in distinct:
+        panels.append(("reference" if len(distinct) == 1 else f"reference of {', '.join(names)}", img, None))
     for e, r, im, er in zip(entries, rows, imgs, errs):
         t = e.name
         if r.get("psnr") is not None:
             t += f"\n{r['psnr']:.2f} dB" + (f", SSIM {r['ssim']:.3f}" if r.get("ssim") is not None else "")
         panels.append((t, im, er))
+    unit = "attenuation (1/mm)" if all(e.kind == "run" for e in entries) else "value"
+    where = [w for w in (mid_slice(e.recon)[1] for e in entries) if w]
     ncols = min(max_cols, len(panels))
     nblocks = math.ceil(len(panels) / ncols)
     per = 2 if with_err else 1
@@ -562,11 +585,16 @@ def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str,
     fig.subplots_adjust(right=0.88, wspace=0.05, hspace=0.25)
     if im_g is not None:
         cax = fig.add_axes([0.90, 0.55 if with_err else 0.15, 0.015, 0.3 if with_err else 0.7])
-        fig.colorbar(im_g, cax=cax).ax.tick_params(labelsize=7)
+        cb = fig.colorbar(im_g, cax=cax)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(unit, fontsize=8)
     if im_e is not None:
         cax = fig.add_axes([0.90, 0.12, 0.015, 0.3])
         cb = fig.colorbar(im_e, cax=cax)
         cb.ax.tick_params(labelsize=7)
-        cb.set_label("x - reference", fontsize=8)
+        cb.set_label("x - reference" + (" (1/mm)" if unit != "value" else ""), fontsize=8)
+    if where:
+        fig.suptitle("central slice" + (f" {where[0]}" if len(set(where)) == 1 else "s"), fontsize=9)
     _save_fig(fig, Path(path))
     plt.close(fig)
+    return fig
