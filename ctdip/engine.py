@@ -23,7 +23,8 @@ Callbacks (each has a ``state_dict`` saved in the checkpoint, so a resumed run i
   peak-PSNR iterate (``recon_best.tif``).
 * **Held-out views** (``--holdout``): the relative residual ``||A_h x - y_h||^2 / ||y_h||^2`` on
   views kept out of the fit, logged as ``holdout``: a no-reference quality signal.
-* **Checkpoints** every M iterations, at the end, on SIGTERM/SIGINT (then ``KeyboardInterrupt``)
+* **Checkpoints** every M iterations, at the end, on SIGTERM/SIGINT (then :class:`RunInterrupted`, a
+  ``KeyboardInterrupt``)
   and at the time budget (then :class:`~ctdip.errors.TimeLimitReached`), written atomically.
 
 Checkpoint (a plain dict, ``torch.load(weights_only=True)``-safe)::
@@ -50,6 +51,15 @@ CHECKPOINT_FORMAT = "ctdip-checkpoint/1"
 
 
 # ============================================================================ data types
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during a run, raised after the checkpoint of ``iteration`` was written."""
+
+    def __init__(self, iteration: int, run_path=None, signum: int | None = None):
+        self.iteration, self.run_path, self.signum = int(iteration), run_path, signum
+        super().__init__(f"signal {signum}: checkpoint written at iteration {iteration}")
+
+
+
 @dataclass
 class StepOut:
     """What ``DIPModel.objective`` returns for one step."""
@@ -436,7 +446,7 @@ class Engine:
                 if self._signal is not None:
                     flush()
                     self.save_checkpoint(model, opt, elapsed())
-                    raise KeyboardInterrupt(f"signal {self._signal}: checkpoint written at iteration {self.iteration}")
+                    raise RunInterrupted(self.iteration, None if run is None else run.path, self._signal)
                 t0 = time.perf_counter()
                 it = self.iteration + 1
                 opt.zero_grad(set_to_none=True)

@@ -300,6 +300,8 @@ def reconstruct(scan, method: str, params: dict | None = None, output: str | Pat
 
     if output is None and resume:
         raise UserError("--resume needs the run folder")
+    if resume and RunFolder(output).is_finished():
+        return finished_run(Path(output), quiet=quiet, json_out=json_out)
     run_path = Path(output) if output is not None else default_run_dir(name, dataset, runs_root)
     run = RunFolder(run_path)
     if resume:
@@ -382,6 +384,24 @@ def reconstruct(scan, method: str, params: dict | None = None, output: str | Pat
         sys.stdout.flush()
     elif not quiet:
         print_summary(out)
+    return out
+
+
+def finished_run(path: Path, *, quiet: bool = False, json_out: bool = False) -> RunSummary:
+    """``--resume`` of a run that already finished: nothing is recomputed; a note names its
+    summary (``--json`` prints it)."""
+    from ctdip.runs import RunFolder
+
+    run = RunFolder(path)
+    summary = run.read_summary()
+    out = RunSummary(path=path, summary=summary, config=run.read_config())
+    if json_out:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.flush()
+    elif not quiet:
+        sys.stderr.write(f"note: {path} is finished ({summary.get('iterations')} iteration(s)); nothing to resume. "
+                         f"Its numbers: {run.file('summary.json')}\n")
+        sys.stderr.flush()
     return out
 
 

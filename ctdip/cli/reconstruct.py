@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
             method_ = method or cfg["method"]
             if canonical(method_) != cfg["method"]:
                 raise UserError(f"--method {method_} does not match the run's method '{cfg['method']}'", path=resume)
+            refuse_changes(resume, cfg, params, scan_opts, seed)
             params = {**(cfg.get("overrides") or {}), **params}
             opts = {**((cfg.get("scan") or {}).get("options") or {}), **scan_opts}
             scan_path = scan if scan is not None else Path(cfg["scan"]["folder"])
@@ -98,9 +99,49 @@ def register(app: typer.Typer) -> None:
             holdout_, stop_early_, out = (holdout or 0.0), stop_early, output
         extra["backend_requested"] = backend_
         extra["command"] = "ctdip reconstruct"
-        reconstruct(scan_path, method_, params, out, seed=seed_, device=device or "auto", backend=backend_,
-                    holdout=holdout_, resume=resume is not None, time_limit=time_limit, stop_early=stop_early_,
-                    quiet=quiet, json_out=json_out, config_extra=extra, scan_options=opts)
+        try:
+            reconstruct(scan_path, method_, params, out, seed=seed_, device=device or "auto", backend=backend_,
+                        holdout=holdout_, resume=resume is not None, time_limit=time_limit, stop_early=stop_early_,
+                        quiet=quiet, json_out=json_out, config_extra=extra, scan_options=opts)
+        except KeyboardInterrupt as e:
+            interrupted(e, out)
+
+
+def refuse_changes(run: Path, cfg: dict, params: dict, scan_opts: dict, seed: int | None) -> None:
+    """``--resume RUN`` continues RUN with the settings in its config.yaml (that is what makes the
+    result equal to an uninterrupted run). An option that would change one of them -- a method
+    parameter (``-n``, ``--lr``, ``--set``...), a scan option or ``--seed`` -- is a UserError."""
+    recorded = {**(cfg.get("overrides") or {}), **(cfg.get("params") or {})}
+    rec_scan = (cfg.get("scan") or {}).get("options") or {}
+    changes = [(f"--{k.replace('_', '-')}" if k in METHOD_OPTIONS else f"--set {k}", v, k, recorded[k])
+               for k, v in params.items() if k in recorded and not _same(v, recorded[k])]
+    changes += [(f"--{k}", v, k, rec_scan.get(k)) for k, v in scan_opts.items() if not _same(v, rec_scan.get(k))]
+    if seed is not None and int(seed) != int(cfg.get("seed", 0)):
+        changes.append(("--seed", seed, "seed", cfg.get("seed", 0)))
+    if changes:
+        flag, new, key, old = changes[0]
+        raise UserError(f"{flag} {new}: --resume continues the run with its recorded settings ({key} = {old}); "
+                        "start a new run with -o to change them", path=run)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return str(a) == str(b)
+
+
+def interrupted(e: KeyboardInterrupt, out: Optional[Path]) -> None:
+    """SIGINT/SIGTERM: one line naming the checkpoint and the command that continues, exit 130."""
+    import sys
+
+    it, run = getattr(e, "iteration", None), getattr(e, "run_path", None) or out
+    resume = f"continue with ctdip reconstruct --resume {run}" if run is not None else "rerun the command"
+    if it is not None:
+        sys.stderr.write(f"interrupted at iteration {it}, checkpoint written; {resume}\n")
+    else:  # classical methods keep no checkpoint; --resume restarts them
+        sys.stderr.write(f"interrupted (this method keeps no checkpoint); {resume} to start it again\n")
+    sys.stderr.flush()
+    raise typer.Exit(130)
 
 
 def canonical(name: str) -> str:
