@@ -8,7 +8,8 @@ A method supplies a :class:`DIPModel` (network, input, an ``objective`` for one 
         theta <- Adam(theta, grad L_t), gradients clipped to ||g||_2 <= grad_clip
         model.after_step(t, x_t)                      # e.g. an auxiliary/dual update, z <- f(z)
         callbacks: EMA, ES-WMV, best/min-loss picks, metrics row every n, checkpoint every M,
-                   SIGTERM/SIGINT and the time budget
+                   SIGTERM/SIGINT and the time budget; a one-line duration estimate after
+                   the first steps when the run will take over a minute (ctdip.estimate)
 
 Callbacks (each has a ``state_dict`` saved in the checkpoint, so a resumed run is bit-identical):
 
@@ -432,6 +433,9 @@ class Engine:
         pending: list[dict] = []
         old = self._install_signals()
         stopped = False
+        from ctdip.estimate import StepEstimate
+
+        estimate = StepEstimate("iterations", "it", enabled=not getattr(self.ctx, "quiet", False))
 
         def elapsed() -> float:
             return self.elapsed_before + (time.perf_counter() - t_start)
@@ -469,6 +473,7 @@ class Engine:
                     pending.append(row)
                     flush()
                 self.ctx.report(it, cfg.iterations, self.history[-1] if self.history else out)
+                estimate(it, cfg.iterations)
                 step_times.append(time.perf_counter() - t0)
                 if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations and not stopped:
                     self.save_checkpoint(model, opt, elapsed())

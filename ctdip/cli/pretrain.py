@@ -88,8 +88,11 @@ class _Bar:
     """Rich progress on stderr: step, samples/s, loss, validation figure."""
 
     def __init__(self, total: int, label: str, key: str, fmt: str, quiet: bool):
+        from ctdip.estimate import StepEstimate
+
         self.quiet, self.key, self.fmt = quiet, key, fmt
         self.last_val: str = "-"
+        self.estimate = StepEstimate(f"{label} steps", "step", enabled=not quiet)
         if quiet:
             return
         from rich.console import Console
@@ -118,6 +121,7 @@ class _Bar:
         loss = row.get("train_loss")
         self.progress.update(self.task, completed=step, rate=f"{row.get('samples_per_s', 0):.0f}",
                              loss="-" if loss is None else f"{loss:.3g}", val=self.last_val)
+        self.estimate(step, total)
 
 
 def _echo(msg: str, quiet: bool = False) -> None:
