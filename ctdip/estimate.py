@@ -6,9 +6,10 @@ reads one line such as::
     note: estimated 14 min for 2000 iterations (0.42 s/it)
 
 :class:`StepEstimate` is called like a progress callback, ``est(done, total)``, after every step.
-The first call only starts the clock (it excludes one-off costs of the first step: operator
-matrices, warm-up); once ``AFTER_STEPS`` more steps or ``AFTER_S`` seconds have passed, the rate
-``r = (t - t_1) / (done - done_1)`` gives the estimate ``r * (total - done_0)`` for the whole loop
+The clock starts at the ``WARMUP``-th call (so one-off costs of the first steps -- operator
+matrices, oneDNN kernel selection, a 2-3x slower second step on CPU -- are left out); once
+``AFTER_STEPS`` more steps or ``AFTER_S`` seconds have passed, the rate
+``r = (t - t_w) / (done - done_w)`` gives the estimate ``r * (total - done_0)`` for the whole loop
 (``done_0``: where it started, > 0 when resumed). The line is written once, to stderr (a rich
 progress bar shows it above itself), only when the estimate is at least ``CTDIP_ESTIMATE_MIN_S``
 seconds (environment; default 60).
@@ -21,6 +22,7 @@ import sys
 import time
 from typing import Callable
 
+WARMUP = 2
 AFTER_STEPS = 5
 AFTER_S = 3.0
 DEFAULT_MIN_S = 60.0
@@ -53,16 +55,22 @@ class StepEstimate:
         self.what, self.unit, self.enabled = what, unit, bool(enabled)
         self.write = write or _stderr
         self.clock = clock
-        self.start: tuple[float, int] | None = None  # (time, done) at the first call
+        self.start: tuple[float, int] | None = None  # (time, done) at the WARMUP-th call
         self.done0: int | None = None
+        self.calls = 0
         self.message: str | None = None
 
     def __call__(self, done: int, total: int, row: dict | None = None) -> None:
         if not self.enabled or self.message is not None:
             return
+        self.calls += 1
+        if self.calls == 1:
+            self.done0 = max(0, int(done) - 1)
+        if self.calls < WARMUP:
+            return
         now = self.clock()
         if self.start is None:
-            self.start, self.done0 = (now, int(done)), max(0, int(done) - 1)
+            self.start = (now, int(done))
             return
         t1, d1 = self.start
         steps, dt = int(done) - d1, now - t1
