@@ -8,7 +8,8 @@ A method supplies a :class:`DIPModel` (network, input, an ``objective`` for one 
         theta <- Adam(theta, grad L_t), gradients clipped to ||g||_2 <= grad_clip
         model.after_step(t, x_t)                      # e.g. an auxiliary/dual update, z <- f(z)
         callbacks: EMA, ES-WMV, best/min-loss picks, metrics row every n, checkpoint every M,
-                   SIGTERM/SIGINT and the time budget
+                   SIGTERM/SIGINT and the time budget; a one-line duration estimate after
+                   the first steps when the run will take over a minute (ctdip.estimate)
 
 Callbacks (each has a ``state_dict`` saved in the checkpoint, so a resumed run is bit-identical):
 
@@ -23,7 +24,8 @@ Callbacks (each has a ``state_dict`` saved in the checkpoint, so a resumed run i
   peak-PSNR iterate (``recon_best.tif``).
 * **Held-out views** (``--holdout``): the relative residual ``||A_h x - y_h||^2 / ||y_h||^2`` on
   views kept out of the fit, logged as ``holdout``: a no-reference quality signal.
-* **Checkpoints** every M iterations, at the end, on SIGTERM/SIGINT (then ``KeyboardInterrupt``)
+* **Checkpoints** every M iterations, at the end, on SIGTERM/SIGINT (then :class:`RunInterrupted`, a
+  ``KeyboardInterrupt``)
   and at the time budget (then :class:`~ctdip.errors.TimeLimitReached`), written atomically.
 
 Checkpoint (a plain dict, ``torch.load(weights_only=True)``-safe)::
@@ -50,6 +52,15 @@ CHECKPOINT_FORMAT = "ctdip-checkpoint/1"
 
 
 # ============================================================================ data types
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during a run, raised after the checkpoint of ``iteration`` was written."""
+
+    def __init__(self, iteration: int, run_path=None, signum: int | None = None):
+        self.iteration, self.run_path, self.signum = int(iteration), run_path, signum
+        super().__init__(f"signal {signum}: checkpoint written at iteration {iteration}")
+
+
+
 @dataclass
 class StepOut:
     """What ``DIPModel.objective`` returns for one step."""
@@ -422,6 +433,9 @@ class Engine:
         pending: list[dict] = []
         old = self._install_signals()
         stopped = False
+        from ctdip.estimate import StepEstimate
+
+        estimate = StepEstimate("iterations", "it", enabled=not getattr(self.ctx, "quiet", False))
 
         def elapsed() -> float:
             return self.elapsed_before + (time.perf_counter() - t_start)
@@ -436,7 +450,7 @@ class Engine:
                 if self._signal is not None:
                     flush()
                     self.save_checkpoint(model, opt, elapsed())
-                    raise KeyboardInterrupt(f"signal {self._signal}: checkpoint written at iteration {self.iteration}")
+                    raise RunInterrupted(self.iteration, None if run is None else run.path, self._signal)
                 t0 = time.perf_counter()
                 it = self.iteration + 1
                 opt.zero_grad(set_to_none=True)
@@ -460,6 +474,7 @@ class Engine:
                     pending.append(row)
                     flush()
                 self.ctx.report(it, cfg.iterations, self.history[-1] if self.history else out)
+                estimate(it, cfg.iterations)
                 step_times.append(time.perf_counter() - t0)
                 if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations and not stopped:
                     self.save_checkpoint(model, opt, elapsed())

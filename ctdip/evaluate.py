@@ -6,11 +6,13 @@ For each input (a run folder, or a ``.tif``/``.tiff``/``.npy`` volume from any t
   ``PSNR = 10 log10(R^2 / MSE)`` and Gaussian-window SSIM with ``R = max(ref) - min(ref)``
   (:mod:`ctdip.metrics`; identical to scikit-image's), over the ``--mask`` region if given;
 * ``peak_psnr``/``peak_iter``, ``final_psnr``/``final_iter``: from the run's logged PSNR curve
-  (metrics.csv, computed during the run against the run's own reference);
+  (metrics.csv, computed during the run against the run's own reference): peak = maximum over the
+  logged iterates, final = the last logged iterate (:func:`ctdip.metrics.curve_numbers`, the same
+  definitions as the console summary and summary.json's ``returned``/``final``/``peak``);
 * ``es_psnr``/``es_iter``: the early-stopped pick (``recon_es.tif`` against the reference when
   both exist, else the curve at the early-stop iteration);
 * ``steady_psnr``: median of the last 10 % of the curve; ``rise_time``: first iteration within
-  0.1 dB of it (EDIP paper's definitions, :func:`ctdip.metrics.steady_psnr`, :func:`rise_time`);
+  0.1 dB of it (curves of at least 10 points; EDIP paper's definitions, :func:`ctdip.metrics.steady_psnr`, :func:`rise_time`);
 * ``holdout``: the last held-out-view residual logged (runs made with ``--holdout``);
 * ``wall_s``: the run's wall time.
 
@@ -19,6 +21,8 @@ without a reference and reports what it can.
 
 The reference is ``--reference`` (a volume file, or a scan folder holding ``reference.tif``);
 without it, each run's own scan reference is used when its config names a scan folder that has one.
+A reference on the scan's full grid is cut and resampled to each run's slice and grid
+(:func:`reference_for_run`), so ``--reference walnut1/reference.tif`` scores 2D runs of a 3D scan.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ VOLUME_SUFFIXES = (".tif", ".tiff", ".npy")
 COLUMNS: list[tuple[str, str]] = [
     ("name", "run"),
     ("method", "method"),
-    ("psnr", "PSNR"),
-    ("ssim", "SSIM"),
+    ("psnr", "PSNR (returned)"),
+    ("ssim", "SSIM (returned)"),
     ("peak_psnr", "peak PSNR"),
     ("peak_iter", "@it"),
     ("es_psnr", "ES PSNR"),
@@ -165,13 +169,50 @@ def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
     try:
         from ctdip.data.loader import load_scan
 
-        sc = load_scan(scan, **{k: v for k, v in dict(opts or {}).items() if v is not None})
+        sc = load_scan(scan, print_warnings=False, **{k: v for k, v in dict(opts or {}).items() if v is not None})
     except (UserError, TypeError, ImportError):
         return None
     if sc.reference is None:
         return None
     ref = np.asarray(sc.reference, dtype=np.float32).reshape(-1, *np.shape(sc.reference)[-2:])
     return (ref, scan) if ref.shape == entry.recon.shape else None
+
+
+def reference_for_run(entry: Entry, ref: np.ndarray) -> np.ndarray:
+    """``ref`` as the run saw it: a volume on the scan's full grid (e.g. a 3D ``reference.tif``
+    given to a 2D run) becomes the run's slice (``scan.info.slice`` in config.yaml) resampled to
+    the run's grid (``--size``) exactly as :func:`ctdip.data.loader.load_scan` does. Returned
+    unchanged when the shapes already match or the config does not say how (the shape check then
+    reports the mismatch)."""
+    if entry.kind != "run" or ref.shape == entry.recon.shape:
+        return ref
+    from ctdip.data.loader import resample
+    from ctdip.geometry import VolumeGeometry
+
+    scan = entry.config.get("scan") if isinstance(entry.config.get("scan"), dict) else {}
+    info = scan.get("info") or {}
+    vol = entry.config.get("volume") or {}
+    try:
+        run_vol = VolumeGeometry(tuple(vol["shape"]), tuple(vol["voxel_mm"]), tuple(vol["center_mm"]))
+    except (KeyError, TypeError, UserError):
+        return ref
+    if tuple(run_vol.shape) != entry.recon.shape:
+        return ref
+    full = info.get("volume_full") or {}
+    if full and tuple(full.get("shape", ())) == ref.shape:
+        old = VolumeGeometry(tuple(full["shape"]), tuple(full["voxel_mm"]), tuple(full["center_mm"]))
+    else:  # older runs: assume the reference spans the run's field of view
+        n_run = run_vol.shape[1:]
+        vox = [run_vol.voxel_mm[a + 1] * n_run[a] / ref.shape[a + 1] for a in range(2)]
+        dz = run_vol.voxel_mm[0] if run_vol.shape[0] == 1 else run_vol.extent_mm[0] / ref.shape[0]
+        old = VolumeGeometry(ref.shape, (dz, *vox), run_vol.center_mm)
+    if run_vol.shape[0] == 1 and ref.shape[0] > 1:
+        z = info.get("slice")
+        if not isinstance(z, int) or not 0 <= z < ref.shape[0]:
+            return ref
+        ref = ref[z:z + 1]
+        old = VolumeGeometry((1, *old.shape[1:]), old.voxel_mm, (0.0, *old.center_mm[1:]))
+    return np.asarray(resample(ref, old, run_vol), dtype=np.float32)
 
 
 def load_entry(path: str | Path) -> Entry:
@@ -265,18 +306,20 @@ def evaluate_entry(entry: Entry, reference: np.ndarray | None, mask: str | None 
         m = _mask_for(mask, reference.shape)
         row["psnr"] = metrics.psnr(entry.recon, reference, mask=m)
         row["ssim"] = metrics.ssim(entry.recon, reference, mask=m)
-    elif entry.kind == "run":  # the run's own numbers, when it had a reference
-        row["psnr"] = _sub(s, "final", "psnr")
-        row["ssim"] = _sub(s, "final", "ssim")
+    elif entry.kind == "run":  # the run's own numbers, when it had a reference ("final": older runs)
+        own = s.get("returned") if isinstance(s.get("returned"), dict) else s.get("final")
+        row["psnr"] = _sub({"r": own}, "r", "psnr")
+        row["ssim"] = _sub({"r": own}, "r", "ssim")
     its, ps = curve(entry)
-    if len(ps):
-        i = int(np.argmax(ps))
-        row["peak_psnr"], row["peak_iter"] = float(ps[i]), int(its[i])
-        row["final_psnr"], row["final_iter"] = float(ps[-1]), int(its[-1])
-        row["steady_psnr"] = metrics.steady_psnr(ps)
-        row["rise_time"] = metrics.rise_time(its, ps, row["steady_psnr"])
+    cn = metrics.curve_numbers(entry.metrics)  # the same definitions as summary.json
+    if cn:
+        row["peak_psnr"], row["peak_iter"] = cn["peak"]["psnr"], cn["peak"]["iter"]
+        row["final_psnr"], row["final_iter"] = cn["final"]["psnr"], cn["final"]["iter"]
+        row["steady_psnr"], row["rise_time"] = cn.get("steady_psnr"), cn.get("rise_time")
     elif entry.kind == "run":
         row["peak_psnr"], row["peak_iter"] = _sub(s, "peak", "psnr"), _sub(s, "peak", "iter")
+        if s.get("returned") is not None:  # a current summary: "final" is the last iterate
+            row["final_psnr"], row["final_iter"] = _sub(s, "final", "psnr"), _sub(s, "final", "iter")
     if entry.kind == "run":
         es_iter = _sub(s, "early_stop", "iter")
         if es_iter is None:
@@ -339,7 +382,7 @@ def evaluate(paths: Sequence[str | Path], reference: str | Path | None = None, m
     rows, refs = [], {}
     for e in entries:
         if global_ref is not None:
-            rp, ref = global_ref, ref_of(global_ref)
+            rp, ref = global_ref, reference_for_run(e, ref_of(global_ref))
         else:
             found = run_reference(e)
             ref, rp = found if found is not None else (None, None)
@@ -436,8 +479,9 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str | Path) -> bool:
-    """All logged PSNR curves in one figure (peak: dot, early stop: cross). False if none."""
+def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str | Path):
+    """All logged PSNR curves in one figure (peak: dot, early stop: cross); returns the figure, or
+    False if there is no curve. Beyond ``LEGEND_INSIDE_MAX`` curves the legend is outside."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -459,24 +503,38 @@ def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str |
     ax.set_ylabel("PSNR (dB)")
     ax.set_title("PSNR during reconstruction (o peak, x early stop)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if len(have) <= LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=8, loc="lower right")
+    else:  # many runs: the legend goes right of the axes, in columns of at most 20 entries
+        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  ncol=math.ceil(len(have) / 20), frameon=False)
     _save_fig(fig, Path(path))
     plt.close(fig)
-    return True
+    return fig
+
+
+#: up to this many curves the legend sits inside the axes, beyond it to their right
+LEGEND_INSIDE_MAX = 6
 
 
 def _mid(v: np.ndarray) -> np.ndarray:
-    return v[v.shape[0] // 2]
+    from ctdip.plots import mid_slice
+
+    return mid_slice(v)[0]
 
 
 def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str, np.ndarray], path: str | Path,
-                 max_cols: int = 6) -> None:
-    """Reconstructions (central slice) on one grey range, and their error maps ``x - ref`` on one
-    symmetric colour range with a colour bar. Without references, only the reconstructions."""
+                 max_cols: int = 6):
+    """The reference(s) first, then each reconstruction (central slice, named ``z = k of N`` for
+    volumes) on one grey range, and their error maps ``x - ref`` on one symmetric colour range;
+    colour bars in attenuation (1/mm) when every input is a ctdip run (volumes from other tools:
+    their own unit). Without references, only the reconstructions. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ctdip.plots import mid_slice
 
     imgs = [_mid(e.recon) for e in entries]
     ref_imgs = {k: _mid(v) for k, v in refs.items()}
@@ -491,20 +549,28 @@ def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str,
     errs = [imgs[i] - ref_imgs[e.name] if e.name in ref_imgs else None for i, e in enumerate(entries)]
     emax = max([float(np.percentile(np.abs(er), 99.5)) for er in errs if er is not None] or [0.0]) or 1e-12
     with_err = any(er is not None for er in errs)
-    # panels: the reference first (when all entries share one), then the entries
-    shared_ref = None
-    if ref_imgs and len(refs) == len(entries):
-        first = next(iter(ref_imgs.values()))
-        if all(r.shape == first.shape and np.array_equal(r, first) for r in ref_imgs.values()):
-            shared_ref = first
+    # panels: each distinct reference first (one when the entries share it), then the entries
+    distinct: list[tuple[np.ndarray, list[str]]] = []
+    for e in entries:
+        if e.name not in ref_imgs:
+            continue
+        r = ref_imgs[e.name]
+        for img, names in distinct:
+            if img.shape == r.shape and np.array_equal(img, r):
+                names.append(e.name)
+                break
+        else:
+            distinct.append((r, [e.name]))
     panels: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-    if shared_ref is not None:
-        panels.append(("reference", shared_ref, None))
+    for img, names in distinct:
+        panels.append(("reference" if len(distinct) == 1 else f"reference of {', '.join(names)}", img, None))
     for e, r, im, er in zip(entries, rows, imgs, errs):
         t = e.name
         if r.get("psnr") is not None:
             t += f"\n{r['psnr']:.2f} dB" + (f", SSIM {r['ssim']:.3f}" if r.get("ssim") is not None else "")
         panels.append((t, im, er))
+    unit = "attenuation (1/mm)" if all(e.kind == "run" for e in entries) else "value"
+    where = [w for w in (mid_slice(e.recon)[1] for e in entries) if w]
     ncols = min(max_cols, len(panels))
     nblocks = math.ceil(len(panels) / ncols)
     per = 2 if with_err else 1
@@ -524,11 +590,16 @@ def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str,
     fig.subplots_adjust(right=0.88, wspace=0.05, hspace=0.25)
     if im_g is not None:
         cax = fig.add_axes([0.90, 0.55 if with_err else 0.15, 0.015, 0.3 if with_err else 0.7])
-        fig.colorbar(im_g, cax=cax).ax.tick_params(labelsize=7)
+        cb = fig.colorbar(im_g, cax=cax)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(unit, fontsize=8)
     if im_e is not None:
         cax = fig.add_axes([0.90, 0.12, 0.015, 0.3])
         cb = fig.colorbar(im_e, cax=cax)
         cb.ax.tick_params(labelsize=7)
-        cb.set_label("x - reference", fontsize=8)
+        cb.set_label("x - reference" + (" (1/mm)" if unit != "value" else ""), fontsize=8)
+    if where:
+        fig.suptitle("central slice" + (f" {where[0]}" if len(set(where)) == 1 else "s"), fontsize=9)
     _save_fig(fig, Path(path))
     plt.close(fig)
+    return fig

@@ -8,12 +8,19 @@ Conventions (used everywhere in ctdip, and reproduced by scikit-image for checki
   truncated at 3.5 sigma) with the same ``data_range``; 2D images are treated slice-wise (mean over
   z), as scikit-image's ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=...)`` does for each 2D slice.
+* The three numbers a run reports, with one meaning everywhere (console, ``summary.json``,
+  ``ctdip evaluate``; :func:`curve_numbers`): ``returned`` = PSNR/SSIM of the returned image
+  (``recon.tif``); ``final`` = the last logged iterate (the last ``metrics.csv`` row); ``peak`` =
+  the maximum PSNR over the logged iterates, with its iteration (the first one on ties).
 * ``rise_time`` (EDIP paper): the first iteration at which a PSNR curve reaches
   ``steady_psnr - 0.1`` dB; ``steady_psnr`` is the median PSNR over the last ``tail`` fraction of a
   (long) reference curve.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -98,3 +105,33 @@ def rise_time(iters, psnrs, target: float, tol: float = 0.1) -> int | None:
         if p >= target - tol:
             return int(it)
     return None
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def curve_numbers(rows: Iterable[Mapping[str, Any]], min_points_steady: int = 10) -> dict[str, Any]:
+    """``final``, ``peak``, ``steady_psnr`` and ``rise_time`` of a logged PSNR curve.
+
+    ``rows`` are metrics.csv rows (``iter``, ``psnr``, optionally ``ssim``); rows without a finite
+    PSNR are ignored. ``final`` is the last logged iterate, ``peak`` the first row of maximum PSNR
+    (each ``{"iter", "psnr"}`` plus ``"ssim"`` when that row logged one); ``steady_psnr`` and
+    ``rise_time`` (EDIP paper) need at least ``min_points_steady`` points. Empty dict: no curve.
+    """
+    pts = [r for r in rows if _finite(r.get("psnr")) and r.get("iter") is not None]
+    if not pts:
+        return {}
+
+    def point(r: Mapping[str, Any]) -> dict[str, Any]:
+        d: dict[str, Any] = {"iter": int(r["iter"]), "psnr": float(r["psnr"])}
+        if _finite(r.get("ssim")):
+            d["ssim"] = float(r["ssim"])
+        return d
+
+    ps = [float(r["psnr"]) for r in pts]
+    out: dict[str, Any] = {"final": point(pts[-1]), "peak": point(pts[int(np.argmax(ps))])}
+    if len(ps) >= min_points_steady:
+        out["steady_psnr"] = steady_psnr(ps)
+        out["rise_time"] = rise_time([int(r["iter"]) for r in pts], ps, out["steady_psnr"])
+    return out

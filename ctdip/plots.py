@@ -15,9 +15,18 @@ from pathlib import Path
 import numpy as np
 
 
-def _mid(v: np.ndarray) -> np.ndarray:
+def mid_slice(v: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """The middle z slice of a (z, y, x) volume and its label ``"z = k of N"`` (k counted from 0,
+    as ``--slice`` and the tif's pages; None for a single image)."""
     v = np.asarray(v, dtype=np.float32)
-    return v[v.shape[0] // 2] if v.ndim == 3 else v
+    if v.ndim == 3 and v.shape[0] > 1:
+        k = v.shape[0] // 2
+        return v[k], f"z = {k} of {v.shape[0]}"
+    return (v[0] if v.ndim == 3 else v), None
+
+
+def _mid(v: np.ndarray) -> np.ndarray:
+    return mid_slice(v)[0]
 
 
 def _save(fig, path: str | Path) -> None:
@@ -30,14 +39,15 @@ def _save(fig, path: str | Path) -> None:
 
 def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = None,
             initial: np.ndarray | None = None, title: str = "", voxel_mm: float | None = None,
-            psnr: float | None = None, ssim: float | None = None, unit: str = "1/mm") -> None:
-    """Write the preview figure: recon | reference | error (or recon | initial FBP without reference)."""
+            psnr: float | None = None, ssim: float | None = None, unit: str = "1/mm"):
+    """Write the preview figure: recon | reference | error (or recon | initial FBP without reference).
+    A volume shows its middle slice, named in the title (``z = k of N``). Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    r = _mid(recon)
+    r, where = mid_slice(recon)
     panels: list[tuple[str, np.ndarray, str]] = []
     sub = f"PSNR {psnr:.2f} dB, SSIM {ssim:.3f}" if psnr is not None and ssim is not None else ""
     panels.append(("reconstruction" + (f"\n{sub}" if sub else ""), r, "grey"))
@@ -73,10 +83,11 @@ def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = 
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         cb.ax.tick_params(labelsize=7)
         cb.set_label(unit, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
+    if title or where:
+        fig.suptitle(", ".join(t for t in (title, where and f"slice {where}") if t), fontsize=11)
     _save(fig, path)
     plt.close(fig)
+    return fig
 
 
 def psnr_curve(path: str | Path, rows: list[dict], title: str = "", marks: dict | None = None) -> bool:

@@ -541,8 +541,13 @@ def ensure_warm_start(problem, arch: dict, quiet: bool = False, **opts: Any) -> 
         sys.stderr.write(f"no cached EDIP warm start for this geometry and network; pretraining one "
                          f"({cfg.total_steps} steps x {cfg.batch_size} ellipse phantoms), cached as {path}\n")
         sys.stderr.flush()
-        if progress is None:
-            progress = _line_progress
+        from ctdip.estimate import StepEstimate
+
+        estimate, shown = StepEstimate("warm-start pretraining steps", "step"), progress or _line_progress
+
+        def progress(step: int, total: int, row: dict) -> None:  # the lines, and one estimate
+            shown(step, total, row)
+            estimate(step, total)
     pretrain_for_problem(problem, arch, path, cfg, progress=progress, log=log)
     shutil.rmtree(checkpoint_dir(path), ignore_errors=True)
     return path

@@ -214,34 +214,48 @@ def _as_np(t) -> np.ndarray:
     return np.asarray(t, dtype=np.float32)
 
 
+#: keys of a method's own summary that would name a second "peak"/"final" (the engine's peak over
+#: every iteration, the PSNR of its final image); summary.json keeps only :func:`build_summary`'s
+_SHADOWED = ("peak_psnr", "peak_iter", "final_psnr", "final_ssim", "returned_psnr", "es_psnr", "ema_psnr")
+
+
 def build_summary(problem, result, rows: list[dict], wall_s: float, method: str, run_path: Path,
-                  extras_np: dict[str, np.ndarray]) -> dict:
-    """summary.json: peak / early-stop / final PSNR & SSIM with iterations, rise time, wall time."""
+                  extras_np: dict[str, np.ndarray], recon_np: np.ndarray | None = None) -> dict:
+    """summary.json, with the numbers of :func:`ctdip.metrics.curve_numbers` (one meaning each):
+
+    * ``returned``: PSNR/SSIM of ``recon.tif`` (``recon_np``, as written) against the reference;
+    * ``final``: the last logged iterate ``{iter, psnr, ssim}`` (a method that logs no curve has
+      one iterate, the returned image);
+    * ``peak``: the maximum PSNR over the logged iterates, with its iteration (and SSIM if logged);
+    * ``early_stop`` (the ES-WMV pick ``recon_es.tif``), ``fbp`` (the Ram-Lak FBP/FDK input),
+      ``steady_psnr``/``rise_time`` (EDIP paper), wall time and files.
+    """
     from ctdip import metrics
 
     s: dict[str, Any] = {"method": method, "run": str(run_path), "wall_time_s": round(wall_s, 3)}
-    rs = dict(result.summary or {})
+    rs = {k: v for k, v in dict(result.summary or {}).items() if k not in _SHADOWED}
     s["iterations"] = rs.get("iterations", rows[-1]["iter"] if rows else None)
     if problem.reference is not None:
-        ref = problem.reference
-        rec = result.recon
-        s["final"] = {"iter": s["iterations"], "psnr": metrics.psnr(rec, ref), "ssim": metrics.ssim(rec, ref)}
-        ps = [(r["iter"], r["psnr"]) for r in rows if isinstance(r.get("psnr"), (int, float))]
-        if ps:
-            it_best, p_best = max(ps, key=lambda t: t[1])
-            s["peak"] = {"iter": it_best, "psnr": p_best}
-            if "best" in result.extras:
-                s["peak"]["ssim"] = metrics.ssim(result.extras["best"], ref)
-            if len(ps) >= 10:
-                steady = metrics.steady_psnr([p for _, p in ps])
-                s["steady_psnr"] = steady
-                s["rise_time"] = metrics.rise_time([i for i, _ in ps], [p for _, p in ps], steady)
+        if recon_np is not None:
+            ref = _as_np(problem.unscale(problem.reference)).reshape(recon_np.shape)
+            rec = recon_np
+        else:
+            ref, rec = problem.reference, result.recon
+        s["returned"] = {"psnr": metrics.psnr(rec, ref), "ssim": metrics.ssim(rec, ref)}
+        cn = metrics.curve_numbers(rows)
+        s["final"] = cn.get("final") or {"iter": s["iterations"], **s["returned"]}
+        if "peak" in cn:
+            s["peak"] = cn["peak"]
+        for k in ("steady_psnr", "rise_time"):
+            if k in cn:
+                s[k] = cn[k]
         if "es" in result.extras:
             es = result.extras["es"]
-            s["early_stop"] = {"iter": rs.get("es_iter"), "psnr": metrics.psnr(es, ref), "ssim": metrics.ssim(es, ref)}
+            s["early_stop"] = {"iter": (result.summary or {}).get("es_iter"), "psnr": metrics.psnr(es, problem.reference),
+                               "ssim": metrics.ssim(es, problem.reference)}
         fb = problem.x_init
         if fb is not None:
-            s["fbp"] = {"psnr": metrics.psnr(fb, ref), "ssim": metrics.ssim(fb, ref)}
+            s["fbp"] = {"psnr": metrics.psnr(fb, problem.reference), "ssim": metrics.ssim(fb, problem.reference)}
     elif "es" in result.extras:
         s["early_stop"] = {"iter": rs.get("es_iter")}
     s["files"] = ["recon.tif"] + [f"recon_{k}.tif" for k in extras_np]
@@ -342,6 +356,8 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
 
     if output is None and resume:
         raise UserError("--resume needs the run folder")
+    if resume and RunFolder(output).is_finished():
+        return finished_run(Path(output), quiet=quiet, json_out=json_out)
     if output is not None:
         _check_run_folder(Path(output), resume)
     if not isinstance(scan, Scan):
@@ -413,7 +429,8 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
         extras_np[k] = _as_np(problem.unscale(t)).reshape(problem.volume.shape)
         run.write_volume(f"recon_{k}.tif", extras_np[k], vox)
     rows = run.read_metrics() or list(result.history or [])
-    summary = build_summary(problem, result, rows, time.perf_counter() - t_start, name, run_path, extras_np)
+    summary = build_summary(problem, result, rows, time.perf_counter() - t_start, name, run_path, extras_np,
+                            recon_np)
     summary["dataset"] = dataset
     run.write_summary(summary)
 
@@ -421,7 +438,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
 
     ref_np = None if problem.reference is None else _as_np(problem.unscale(problem.reference))
     init_np = None if problem.x_init is None else _as_np(problem.unscale(problem.x_init))
-    fin = summary.get("final", {})
+    fin = summary.get("returned", {})
     plots.preview(run.file("preview.png"), recon_np, ref_np, init_np,
                   title=f"{name} on {dataset} ({problem.A.geometry.kind}, {geom.n_views} views)",
                   voxel_mm=float(vox[2]), psnr=fin.get("psnr"), ssim=fin.get("ssim"))
@@ -441,6 +458,24 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     return out
 
 
+def finished_run(path: Path, *, quiet: bool = False, json_out: bool = False) -> RunSummary:
+    """``--resume`` of a run that already finished: nothing is recomputed; a note names its
+    summary (``--json`` prints it)."""
+    from ctdip.runs import RunFolder
+
+    run = RunFolder(path)
+    summary = run.read_summary()
+    out = RunSummary(path=path, summary=summary, config=run.read_config())
+    if json_out:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.flush()
+    elif not quiet:
+        sys.stderr.write(f"note: {path} is finished ({summary.get('iterations')} iteration(s)); nothing to resume. "
+                         f"Its numbers: {run.file('summary.json')}\n")
+        sys.stderr.flush()
+    return out
+
+
 def print_summary(rs: RunSummary) -> None:
     """A short rich summary on stdout (plain text when stdout is not a terminal)."""
     from rich.console import Console
@@ -450,14 +485,28 @@ def print_summary(rs: RunSummary) -> None:
     line = f"[bold]{s['method']}[/bold] on {s.get('dataset', '')}: {s.get('iterations')} iteration(s) in " \
            f"{s['wall_time_s']:.1f} s"
     con.print(line)
-    if "final" in s:
-        con.print(f"  final  PSNR {s['final']['psnr']:.2f} dB  SSIM {s['final']['ssim']:.4f}")
-        if "peak" in s:
-            con.print(f"  peak   PSNR {s['peak']['psnr']:.2f} dB at iteration {s['peak']['iter']}")
-        if s.get("early_stop", {}).get("psnr") is not None:
-            es = s["early_stop"]
-            con.print(f"  early stop PSNR {es['psnr']:.2f} dB at iteration {es['iter']}")
-        if "fbp" in s:
-            con.print(f"  (initial Ram-Lak FBP/FDK: PSNR {s['fbp']['psnr']:.2f} dB)")
+    for line in number_lines(s):
+        con.print("  " + line)
     con.print(f"  recon:   {rs.recon_path}")
     con.print(f"  preview: {rs.preview_path}")
+
+
+def number_lines(s: dict) -> list[str]:
+    """The summary's numbers as printed (same names as summary.json and ``ctdip evaluate``)."""
+    out: list[str] = []
+    if "returned" not in s:
+        return out
+    r = s["returned"]
+    out.append(f"returned  PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  (recon.tif)")
+    if (s.get("iterations") or 1) > 1:
+        f = s["final"]
+        ssim = f"  SSIM {f['ssim']:.4f}" if f.get("ssim") is not None else ""
+        out.append(f"final     PSNR {f['psnr']:.2f} dB{ssim}  (last logged iterate, iteration {f['iter']})")
+        if "peak" in s:
+            out.append(f"peak      PSNR {s['peak']['psnr']:.2f} dB at iteration {s['peak']['iter']}  (best logged iterate)")
+    if s.get("early_stop", {}).get("psnr") is not None:
+        es = s["early_stop"]
+        out.append(f"early stop PSNR {es['psnr']:.2f} dB at iteration {es['iter']}  (recon_es.tif)")
+    if "fbp" in s:
+        out.append(f"(initial Ram-Lak FBP/FDK: PSNR {s['fbp']['psnr']:.2f} dB)")
+    return out

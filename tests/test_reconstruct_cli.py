@@ -47,6 +47,7 @@ def test_quiet_prints_nothing_and_set_and_resume(scan, tmp_path, capsys):
     assert main(["reconstruct", str(scan), "-m", "cgls", "--set", "iterations=4", "-o", str(run), "--quiet"]) == 0
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err == ""
+    (run / "summary.json").unlink()  # as if killed before its end (a finished run is not recomputed)
     assert main(["reconstruct", "--resume", str(run), "--quiet"]) == 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["resumed"] == 1 and cfg["params"]["iterations"] == 4

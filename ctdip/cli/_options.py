@@ -11,14 +11,26 @@ import typer
 from ctdip.errors import UserError
 
 # method parameters with their own flag (``reconstruct`` and ``batch``)
-ITERATIONS = typer.Option(None, "--iterations", "-n", help="Iterations (method param).")
-LR = typer.Option(None, "--lr", help="Learning rate (DIP methods).")
-INPUT = typer.Option(None, "--input", help="Network input: noise, fbp, adjoint or learnable.")
-NETWORK = typer.Option(None, "--network", help="Network preset name or YAML file.")
-TV_WEIGHT = typer.Option(None, "--tv-weight", help="TV weight (pdhg-tv, tv, ...).")
-WEIGHTS = typer.Option(None, "--weights", help="Pretrained weights file (EDIP).")
+ITERATIONS = typer.Option(None, "--iterations", "-n", metavar="N", show_default="method preset",
+                          help="Iterations (method param).")
+LR = typer.Option(None, "--lr", metavar="LR", show_default="method preset", help="Learning rate (DIP methods).")
+INPUT = typer.Option(None, "--input", metavar="KIND", help="Network input: noise, fbp, adjoint or learnable.")
+NETWORK = typer.Option(None, "--network", metavar="NAME|FILE",
+                       help="Network preset (light, paper, tiny, 3d) or YAML file.")
+TV_WEIGHT = typer.Option(None, "--tv-weight", metavar="W", help="TV weight (pdhg-tv, tv, ...).")
+WEIGHTS = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (EDIP).")
 # scan option (``reconstruct``, ``batch`` and ``pretrain``)
-ORBIT = typer.Option(None, "--orbit", help="Walnut layout: source position 1, 2 (default) or 3.")
+ORBIT = typer.Option(None, "--orbit", metavar="1|2|3", help="Walnut layout: source position 1, 2 (default) or 3.")
+
+
+def method_help() -> str:
+    """``--method`` help: every registered method, grouped classical / DIP (from the registry)."""
+    from ctdip.methods import ALIASES, method_groups
+
+    groups = method_groups()
+    alias = ", ".join(f"{a} = {t}" for a, t in ALIASES.items())
+    return (f"Classical: {', '.join(groups['classical'])}. DIP: {', '.join(groups['dip'])}. "
+            f"Aliases: {alias}. Default fbp.")
 
 
 def given(named: dict) -> dict:

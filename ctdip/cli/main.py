@@ -17,7 +17,7 @@ app = typer.Typer(
     name="ctdip",
     help="Deep Image Prior reconstructions for CT: simulate, pretrain, reconstruct, evaluate, spectrum, batch.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -35,18 +35,63 @@ def _register_all() -> None:
         mod.register(app)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    """``--version``: an eager callback, so it runs (and exits) before a subcommand is required."""
+    if value:
         from ctdip import __version__
 
         typer.echo(f"ctdip {__version__}")
         raise typer.Exit()
 
 
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version, expose_value=False),
+) -> None:
+    """Deep Image Prior reconstructions for CT: simulate, pretrain, reconstruct, evaluate, spectrum, batch."""
+
+
 _register_all()
+
+#: metavars by parameter type for options that declare none (typer would print ``<str>``, ``<int>``)
+_METAVARS = {"int": "N", "float": "X", "str": "TEXT", "path": "PATH"}
+
+
+def _natural_metavars(cmd) -> None:
+    """Give every option of ``cmd`` (and its subcommands) a metavar that reads naturally in
+    ``--help``: none for flags (``--quiet``, ``--help``), else the declared one or ``N``/``X``/
+    ``TEXT``/``PATH`` by type (``--set`` and other repeatable options keep theirs)."""
+    params = list(cmd.params)
+    help_opt = cmd.get_help_option(cmd.context_class(cmd))
+    if help_opt is not None:
+        params.append(help_opt)
+    for p in params:
+        if getattr(p, "param_type_name", "") != "option" or p.metavar is not None:
+            continue
+        if getattr(p, "is_flag", False):
+            p.metavar = ""
+            continue
+        kind = p.bare_type().lower()  # 'int', 'str', 'path', 'list[str]', ...
+        if kind.startswith("list[") and kind.endswith("]"):
+            kind = kind[5:-1]
+        p.metavar = _METAVARS.get(kind, "VALUE")
+    for sub in getattr(cmd, "commands", {}).values():
+        _natural_metavars(sub)
+
+
+def command():
+    """The click command behind ``app`` with natural metavars (built once per process)."""
+    global _COMMAND
+    if _COMMAND is None:
+        import typer.main
+
+        _COMMAND = typer.main.get_command(app)
+        _natural_metavars(_COMMAND)
+    return _COMMAND
+
+
+_COMMAND = None
 
 
 def error_line(msg: str) -> None:
@@ -58,7 +103,7 @@ def error_line(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (2 for user mistakes)."""
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = command().main(args=argv, prog_name="ctdip", standalone_mode=False)
         if isinstance(rc, int) and rc != 0:  # typer.Exit(code) is returned, not raised, here
             return rc
     except UserError as e:

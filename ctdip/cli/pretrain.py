@@ -55,7 +55,7 @@ def resolve_geometry(scan: Optional[Path], geometry: Optional[Path], setup: Opti
 def _geometry_from_yaml(path: Path, setup, angles, bin_, slice_, size, mode):
     """The options of :func:`ctdip.data.loader.load_scan` applied to a bare geometry.yaml."""
     from ctdip.data.ctdip_layout import parse_geometry
-    from ctdip.data.loader import detector_row_through, mode_and_bin, parse_slice, scan_options
+    from ctdip.data.loader import detector_row_through, mode_and_bin, parse_slice, scan_options, warn_binning
     from ctdip.geometry import VolumeGeometry
 
     if not Path(path).is_file():
@@ -66,7 +66,7 @@ def _geometry_from_yaml(path: Path, setup, angles, bin_, slice_, size, mode):
         vol = VolumeGeometry.fov(geom, geom.det_shape[1])
     if opts.get("angles") is not None:
         geom = geom.select(geom.view_indices(int(opts["angles"])))
-    mode_, b = mode_and_bin(opts)
+    mode_, b = mode_and_bin(opts, geom.det_shape[1])
     if geom.det_shape[0] == 1 or geom.is_2d:
         if mode_ == "3d" and vol.shape[0] > 1:
             raise UserError("--mode 3d needs a multi-row detector; this geometry has one row", path=path)
@@ -81,6 +81,7 @@ def _geometry_from_yaml(path: Path, setup, angles, bin_, slice_, size, mode):
         geom = geom.bin(1, b) if mode_ == "2d" else geom.bin(b, b)
     if opts.get("size") is not None:
         vol = vol.with_size(int(opts["size"]))
+    warn_binning(geom, vol, b)
     return geom, vol
 
 
@@ -88,8 +89,11 @@ class _Bar:
     """Rich progress on stderr: step, samples/s, loss, validation figure."""
 
     def __init__(self, total: int, label: str, key: str, fmt: str, quiet: bool):
+        from ctdip.estimate import StepEstimate
+
         self.quiet, self.key, self.fmt = quiet, key, fmt
         self.last_val: str = "-"
+        self.estimate = StepEstimate(f"{label} steps", "step", enabled=not quiet)
         if quiet:
             return
         from rich.console import Console
@@ -118,6 +122,7 @@ class _Bar:
         loss = row.get("train_loss")
         self.progress.update(self.task, completed=step, rate=f"{row.get('samples_per_s', 0):.0f}",
                              loss="-" if loss is None else f"{loss:.3g}", val=self.last_val)
+        self.estimate(step, total)
 
 
 def _echo(msg: str, quiet: bool = False) -> None:

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from ctdip.cli._options import (INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given,
+from ctdip.cli._options import (INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, method_help,
                                 parse_set)
 from ctdip.errors import UserError
 
@@ -22,15 +22,15 @@ METHOD_OPTIONS = ("iterations", "lr", "input", "network", "tv_weight", "weights"
 def register(app: typer.Typer) -> None:
     @app.command("reconstruct")
     def reconstruct_cmd(
-        scan: Optional[Path] = typer.Argument(None, help="Scan folder (ctdip or walnut layout). Not needed with --resume."),
-        method: Optional[str] = typer.Option(None, "--method", "-m", help="fbp, cgls, pdhg-tv, vanilla, tv, edip, ... (default fbp)"),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<time>_<method>_<scan>)."),
-        setup: Optional[str] = typer.Option(None, "--setup", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it."),
-        angles: Optional[int] = typer.Option(None, "--angles", help="Use K equispaced views of the scan."),
-        bin_: Optional[int] = typer.Option(None, "--bin", help="Detector binning B (columns in 2D, rows and columns in 3D)."),
-        slice_: Optional[str] = typer.Option(None, "--slice", help="Volume slice for 2D: index, 'mid', or offset like +3."),
-        mode: Optional[str] = typer.Option(None, "--mode", help="2d (one slice, default) or 3d."),
-        size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N (same field of view)."),
+        scan: Optional[Path] = typer.Argument(None, metavar="SCAN", help="Scan folder (ctdip or walnut layout). Not needed with --resume."),
+        method: Optional[str] = typer.Option(None, "--method", "-m", metavar="NAME", help=method_help()),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="RUN", help="Run folder (default runs/<time>_<method>_<scan>)."),
+        setup: Optional[str] = typer.Option(None, "--setup", metavar="NAME|FILE", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it."),
+        angles: Optional[int] = typer.Option(None, "--angles", metavar="K", help="Use K equispaced views of the scan."),
+        bin_: Optional[int] = typer.Option(None, "--bin", metavar="B", help="Detector binning B (columns in 2D, rows and columns in 3D)."),
+        slice_: Optional[str] = typer.Option(None, "--slice", metavar="Z", help="Volume slice for 2D: index, 'mid', or offset like +3."),
+        mode: Optional[str] = typer.Option(None, "--mode", metavar="2d|3d", help="2d (one slice, default) or 3d."),
+        size: Optional[int] = typer.Option(None, "--size", metavar="N", help="Reconstruction grid N x N (same field of view)."),
         orbit: Optional[int] = ORBIT,
         iterations: Optional[int] = ITERATIONS,
         lr: Optional[float] = LR,
@@ -38,18 +38,18 @@ def register(app: typer.Typer) -> None:
         network: Optional[str] = NETWORK,
         tv_weight: Optional[float] = TV_WEIGHT,
         weights: Optional[Path] = WEIGHTS,
-        denoiser: Optional[str] = typer.Option(None, "--denoiser", help="Denoiser: FILE, tv or bm3d."),
+        denoiser: Optional[str] = typer.Option(None, "--denoiser", metavar="FILE|tv|bm3d", help="Denoiser: FILE, tv or bm3d."),
         force: Optional[bool] = typer.Option(None, "--force", help="Method param 'force' (e.g. accept mismatched weights)."),
-        set_: Optional[List[str]] = typer.Option(None, "--set", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i]."),
-        backend: Optional[str] = typer.Option(None, "--backend", help="Operator backend: auto, matrix, torch, astra-cuda."),
-        holdout: Optional[float] = typer.Option(None, "--holdout", help="Fraction of views held out (no-reference quality signal)."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
+        seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (default 0)."),
+        device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]."),
+        backend: Optional[str] = typer.Option(None, "--backend", metavar="NAME", help="Operator backend: auto, matrix, torch, astra-cuda."),
+        holdout: Optional[float] = typer.Option(None, "--holdout", metavar="FRACTION", help="Fraction of views held out (no-reference quality signal)."),
         stop_early: bool = typer.Option(False, "--stop-early", help="End DIP runs at the ES-WMV early-stopping point."),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in RUN_DIR (needs nothing else)."),
-        time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Seconds or HH:MM:SS; exit 3 after a checkpoint."),
-        log_every: Optional[int] = typer.Option(None, "--log-every", help="Metrics row every N iterations."),
-        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N iterations."),
+        resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue the run folder RUN (needs nothing else)."),
+        time_limit: Optional[str] = typer.Option(None, "--time-limit", metavar="TIME", help="Seconds or HH:MM:SS; exit 3 after a checkpoint."),
+        log_every: Optional[int] = typer.Option(None, "--log-every", metavar="N", help="Metrics row every N iterations."),
+        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", metavar="N", help="Checkpoint every N iterations."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
         json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     ) -> None:
@@ -72,6 +72,7 @@ def register(app: typer.Typer) -> None:
             method_ = method or cfg["method"]
             if canonical(method_) != cfg["method"]:
                 raise UserError(f"--method {method_} does not match the run's method '{cfg['method']}'", path=resume)
+            refuse_changes(resume, cfg, params, scan_opts, seed)
             params = {**(cfg.get("overrides") or {}), **params}
             opts = {**((cfg.get("scan") or {}).get("options") or {}), **scan_opts}
             scan_path = scan if scan is not None else Path(cfg["scan"]["folder"])
@@ -98,9 +99,49 @@ def register(app: typer.Typer) -> None:
             holdout_, stop_early_, out = (holdout or 0.0), stop_early, output
         extra["backend_requested"] = backend_
         extra["command"] = "ctdip reconstruct"
-        reconstruct(scan_path, method_, params, out, seed=seed_, device=device or "auto", backend=backend_,
-                    holdout=holdout_, resume=resume is not None, time_limit=time_limit, stop_early=stop_early_,
-                    quiet=quiet, json_out=json_out, config_extra=extra, scan_options=opts)
+        try:
+            reconstruct(scan_path, method_, params, out, seed=seed_, device=device or "auto", backend=backend_,
+                        holdout=holdout_, resume=resume is not None, time_limit=time_limit, stop_early=stop_early_,
+                        quiet=quiet, json_out=json_out, config_extra=extra, scan_options=opts)
+        except KeyboardInterrupt as e:
+            interrupted(e, out)
+
+
+def refuse_changes(run: Path, cfg: dict, params: dict, scan_opts: dict, seed: int | None) -> None:
+    """``--resume RUN`` continues RUN with the settings in its config.yaml (that is what makes the
+    result equal to an uninterrupted run). An option that would change one of them -- a method
+    parameter (``-n``, ``--lr``, ``--set``...), a scan option or ``--seed`` -- is a UserError."""
+    recorded = {**(cfg.get("overrides") or {}), **(cfg.get("params") or {})}
+    rec_scan = (cfg.get("scan") or {}).get("options") or {}
+    changes = [(f"--{k.replace('_', '-')}" if k in METHOD_OPTIONS else f"--set {k}", v, k, recorded[k])
+               for k, v in params.items() if k in recorded and not _same(v, recorded[k])]
+    changes += [(f"--{k}", v, k, rec_scan.get(k)) for k, v in scan_opts.items() if not _same(v, rec_scan.get(k))]
+    if seed is not None and int(seed) != int(cfg.get("seed", 0)):
+        changes.append(("--seed", seed, "seed", cfg.get("seed", 0)))
+    if changes:
+        flag, new, key, old = changes[0]
+        raise UserError(f"{flag} {new}: --resume continues the run with its recorded settings ({key} = {old}); "
+                        "start a new run with -o to change them", path=run)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return str(a) == str(b)
+
+
+def interrupted(e: KeyboardInterrupt, out: Optional[Path]) -> None:
+    """SIGINT/SIGTERM: one line naming the checkpoint and the command that continues, exit 130."""
+    import sys
+
+    it, run = getattr(e, "iteration", None), getattr(e, "run_path", None) or out
+    resume = f"continue with ctdip reconstruct --resume {run}" if run is not None else "rerun the command"
+    if it is not None:
+        sys.stderr.write(f"interrupted at iteration {it}, checkpoint written; {resume}\n")
+    else:  # classical methods keep no checkpoint; --resume restarts them
+        sys.stderr.write(f"interrupted (this method keeps no checkpoint); {resume} to start it again\n")
+    sys.stderr.flush()
+    raise typer.Exit(130)
 
 
 def canonical(name: str) -> str:

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"unknown phantom '{phantom}'; choose one of: {', '.join(PHANTOM_NAMES)}")
         s = simulate(out, phantom=phantom, geometry=geometry, angles=angles, size=size, detector=detector,
                      noise=noise, photons=photons, layout=layout, seed=seed, from_volume=from_volume, hu=hu,
-                     fov_mm=fov_mm, force=force)
+                     fov_mm=fov_mm, force=force, quiet=quiet or json_out)
         if json_out:
             sys.stdout.write(json.dumps(s, indent=2) + "\n")
         elif not quiet:

@@ -16,7 +16,12 @@ through the geometry layer so every backend sees the same numbers:
    detector, averaged over views and rounded. The one-slice volume keeps the in-plane grid and
    slice thickness; the reference is that z slice of the reference volume.
 4. ``bin B``: ``geometry.bin(B, B)`` in 3D, ``geometry.bin(1, B)`` (columns only) in 2D, with the
-   projections block-averaged the same way (``bin_projections``).
+   projections block-averaged the same way (``bin_projections``). Setups give ``bin_to_cols C``
+   instead: ``B = max(1, floor(cols / C))``, so a protocol's "bin 6x on the 768-column walnut
+   detector" (C = 128) leaves a smaller detector unbinned; an explicit ``bin`` wins. When the
+   binned detector column, seen at the rotation axis (pixel x source-origin / source-detector
+   distance), is wider than ``MAX_COLUMN_VOXELS`` voxels of the grid, one ``warning:`` line says
+   that resolution is lost (:func:`binning_warning`).
 5. ``size N``: the same field of view on an N x N in-plane grid (``volume.with_size(N)``; in 3D
    the slice count scales by the same factor). The reference is resampled to the new voxel
    centres by linear interpolation after a Gaussian anti-alias filter of sigma = (f - 1) / 2 old
@@ -35,7 +40,10 @@ from ctdip.data import Scan
 from ctdip.errors import UserError
 from ctdip.validate import POSITIVE_INT, Rule, choice
 
-SCAN_OPTIONS = ("angles", "bin", "slice", "mode", "size", "orbit")
+SCAN_OPTIONS = ("angles", "bin", "bin_to_cols", "slice", "mode", "size", "orbit")
+#: a binned detector column wider than this many voxels (at the rotation axis) draws a warning;
+#: the published walnut protocols sit at 3 (2D: 0.30 mm columns, 0.1 mm voxels) and 0.5 (3D)
+MAX_COLUMN_VOXELS = 4.0
 
 
 def setups_dir() -> Path:
@@ -196,36 +204,78 @@ def check_scan_options(opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def mode_and_bin(opts: dict[str, Any]) -> tuple[str, int]:
-    """The validated ``mode`` ('2d' default or '3d') and detector binning (default 1) of ``opts``."""
+def mode_and_bin(opts: dict[str, Any], cols: int | None = None) -> tuple[str, int]:
+    """The validated ``mode`` ('2d' default or '3d') and detector binning (default 1) of ``opts``:
+    ``bin``, else ``max(1, cols // bin_to_cols)`` for a detector of ``cols`` columns."""
     mode_ = choice(str(opts.get("mode") or "2d").lower(), "--mode", ("2d", "3d"))
+    if opts.get("bin") is None and opts.get("bin_to_cols") is not None and cols is not None:
+        target = POSITIVE_INT(opts["bin_to_cols"], "bin_to_cols")
+        return mode_, max(1, int(cols) // target)
     b = POSITIVE_INT(1 if opts.get("bin") is None else opts["bin"], "--bin")
     return mode_, b
 
 
+def column_width_at_axis_mm(geometry) -> float:
+    """Mean width of one detector column at the rotation axis: ``|u|`` (parallel) or
+    ``|u| |s| / |d - s|`` (fan/cone: pixel over the magnification, source s, detector centre d)."""
+    v = geometry.vectors
+    u = np.linalg.norm(v[:, 6:9], axis=1)
+    if geometry.beam != "cone":
+        return float(u.mean())
+    s, d = v[:, 0:3], v[:, 3:6]
+    return float((u * np.linalg.norm(s, axis=1) / np.linalg.norm(d - s, axis=1)).mean())
+
+
+def binning_warning(geometry, volume, b: int) -> str | None:
+    """The one-line warning when binning by ``b`` left detector columns wider (at the axis) than
+    ``MAX_COLUMN_VOXELS`` in-plane voxels of ``volume``; None otherwise (see module docstring)."""
+    if b <= 1:
+        return None
+    ratio = column_width_at_axis_mm(geometry) / float(volume.voxel_mm[2])
+    if ratio <= MAX_COLUMN_VOXELS:
+        return None
+    return (f"warning: detector binning {b}x leaves {geometry.det_shape[1]} columns, each {ratio:.1f} voxels "
+            f"wide on the {volume.shape[2]} x {volume.shape[1]} grid: the reconstruction loses resolution "
+            f"(pass a smaller --bin, e.g. --bin 1)")
+
+
+def warn_binning(geometry, volume, b: int) -> None:
+    import sys
+
+    msg = binning_warning(geometry, volume, b)
+    if msg:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+
 def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = None, slice: Any = None,
               mode: str | None = None, size: int | None = None, orbit: int | None = None,
-              setup: str | None = None, read_reference: bool = True, print_warnings: bool = True) -> Scan:
+              setup: str | None = None, read_reference: bool = True, bin_to_cols: int | None = None,
+              print_warnings: bool = True) -> Scan:
     """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals.
 
-    The plausibility checks of :mod:`ctdip.data.sanity` run on the final geometry and data;
-    their warnings are kept in ``info["warnings"]`` and printed as ``warning:`` lines on stderr
-    (unless ``print_warnings`` is false)."""
+    The plausibility checks of :mod:`ctdip.data.sanity` and the binning check
+    (:func:`binning_warning`) run on the final geometry and data; their warnings are kept in
+    ``info["warnings"]`` and printed as ``warning:`` lines on stderr (unless ``print_warnings`` is
+    false)."""
     from ctdip.data.sanity import check_geometry, check_grid_memory
     from ctdip.geometry import VolumeGeometry, bin_projections
 
-    opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit)
+    opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit,
+                        bin_to_cols=bin_to_cols)
     src = open_source(path, orbit=opts.get("orbit"))
     geom, vol = src.geometry, src.volume
     info: dict[str, Any] = {"layout": src.layout, "folder": str(Path(path)), "n_views_total": geom.n_views,
-                            "detector_total": list(geom.det_shape), "options": dict(opts), **src.info}
+                            "detector_total": list(geom.det_shape), "options": dict(opts),
+                            "volume_full": {"shape": list(vol.shape), "voxel_mm": list(vol.voxel_mm),
+                                            "center_mm": list(vol.center_mm)}, **src.info}
 
     views = np.arange(geom.n_views)
     if opts.get("angles") is not None:
         k = int(opts["angles"])
         views = geom.view_indices(k)
         geom = geom.select(views)
-    mode_, b = mode_and_bin(opts)
+    mode_, b = mode_and_bin(opts, geom.det_shape[1])
     rows = geom.det_shape[0]
     rows_read = None
     if rows == 1 or geom.is_2d:
@@ -271,8 +321,11 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
         if ref is not None:
             ref = resample(ref, vol, new_vol)
         vol = new_vol
+    msg = binning_warning(g2, vol, b)
+    if msg:
+        warnings.append(msg.removeprefix("warning: "))
     info.update({"mode": mode_, "views": views.tolist() if len(views) <= 4096 else None,
-                 "detector": list(g2.det_shape), "warnings": warnings,
+                 "detector": list(g2.det_shape), "bin": b, "warnings": warnings,
                  "geometry_file": str(getattr(src, "geometry_path", path))})
     if print_warnings:
         for w in warnings:

@@ -166,6 +166,7 @@ def simulate(out: str | Path, *, phantom: str = "walnut", geometry: str = "fan",
              size: int = 128, detector: int | None = None, noise: float = 0.0, photons: float | None = None,
              layout: str = "ctdip", seed: int = 0, from_volume: str | Path | None = None, hu: bool = False,
              fov_mm: float = 40.0, mu_mm: float = 0.05, force: bool = False, backend: str = "auto",
+             quiet: bool = False,
              return_arrays: bool = False) -> dict:
     """Simulate a scan into folder ``out`` and return a summary dict (see the module docstring).
 
@@ -216,6 +217,13 @@ def simulate(out: str | Path, *, phantom: str = "walnut", geometry: str = "fan",
     else:
         x = _fit_volume(vol_arr, shape)
         source = str(from_volume)
+        if vol_arr.shape != shape and not quiet:
+            import sys
+
+            sys.stderr.write(f"note: {from_volume}: resampled the {' x '.join(map(str, vol_arr.shape))} volume to "
+                             f"the {' x '.join(map(str, shape))} grid (--size {size}; linear interpolation, same "
+                             f"{fov_mm:g} mm field of view)\n")
+            sys.stderr.flush()
     x3 = x.reshape(vol.shape).astype(np.float32)
 
     A = RayTransform(geom, vol, backend=backend, device="cpu")

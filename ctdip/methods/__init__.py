@@ -31,6 +31,15 @@ def method_names() -> list[str]:
     return list(REGISTRY)
 
 
+def method_groups() -> dict[str, list[str]]:
+    """``{"classical": [...], "dip": [...]}``: the registered names by family (classical methods
+    live in ``ctdip.methods.classical``), without importing any method module."""
+    out: dict[str, list[str]] = {"classical": [], "dip": []}
+    for name, target in REGISTRY.items():
+        out["classical" if target.startswith("ctdip.methods.classical:") else "dip"].append(name)
+    return out
+
+
 def get_method(name: str):
     """The class registered for ``name``; a UserError naming the known methods otherwise."""
     key = ALIASES.get(name, name)

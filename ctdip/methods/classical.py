@@ -138,6 +138,9 @@ class ClassicalMethod(Method):
         best = (-float("inf"), 0, None)
         t0 = time.perf_counter()
         x = x0
+        from ctdip.estimate import StepEstimate
+
+        estimate = StepEstimate("iterations", "it", enabled=not ctx.quiet)
         for k in range(1, n_iter + 1):
             x, fit, reg = step(k)
             log_ssim = k % log_every == 0 or k == n_iter
@@ -150,6 +153,7 @@ class ClassicalMethod(Method):
             if "psnr" in row and row["psnr"] > best[0]:
                 best = (row["psnr"], k, x.detach().clone())
             ctx.report(k, n_iter, row)
+            estimate(k, n_iter)
             if ctx.time_limit_s is not None and time.perf_counter() - t0 > ctx.time_limit_s and k < n_iter:
                 from ctdip.errors import TimeLimitReached
 

@@ -1,0 +1,72 @@
+"""`ctdip reconstruct --resume` from the command line: a finished run is not recomputed, changed
+settings are refused, an interrupt says how to continue (issue 11 item 11, issue 12 item 8)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ctdip.cli.main import main
+from ctdip.runs import RunFolder
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume") / "scan"
+    assert main(["simulate", str(d), "--size", "32", "--angles", "20", "--noise", "0.05", "-q"]) == 0
+    return d
+
+
+def test_resume_of_a_finished_run_says_so(scan, tmp_path, capsys):
+    run = tmp_path / "cg"
+    assert main(["reconstruct", str(scan), "-m", "cgls", "-n", "4", "-o", str(run), "-q"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["reconstruct", "--resume", str(run)]) == 0
+    cap = capsys.readouterr()
+    assert cap.err.strip() == (f"note: {run} is finished (4 iteration(s)); nothing to resume. "
+                               f"Its numbers: {run / 'summary.json'}")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing rewritten
+    assert main(["reconstruct", "--resume", str(run), "--json"]) == 0
+    assert '"method": "cgls"' in capsys.readouterr().out
+
+
+def test_resume_refuses_changed_settings(scan, tmp_path, capsys):
+    run = tmp_path / "tv"
+    assert main(["reconstruct", str(scan), "-m", "tv", "--network", "tiny", "-n", "6", "-o", str(run), "-q"]) == 0
+    (run / "summary.json").unlink()  # unfinished, as after a kill
+    cfg = (run / "config.yaml").read_text()
+    for args, flag in ((["-n", "5"], "--iterations 5"), (["--set", "ema_decay=0.5"], "--set ema_decay 0.5"),
+                       (["--tv-weight", "0.5"], "--tv-weight 0.5"),
+                       (["--angles", "10"], "--angles 10"), (["--seed", "3"], "--seed 3")):
+        assert main(["reconstruct", "--resume", str(run), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {run}: {flag}: --resume continues the run with its recorded settings")
+        assert "\n" not in err and err.endswith("; start a new run with -o to change them")
+        assert (run / "config.yaml").read_text() == cfg  # config untouched
+    # the recorded values themselves are fine
+    assert main(["reconstruct", "--resume", str(run), "-n", "6", "-q"]) == 0
+    assert RunFolder(run).read_summary()["iterations"] == 6
+
+
+def test_interrupt_names_the_iteration_and_the_resume_command(scan, tmp_path):
+    run = tmp_path / "long"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "ctdip.cli.main", "reconstruct", str(scan), "-m", "vanilla",
+                          "--network", "tiny", "-n", "100000", "--log-every", "1", "-o", str(run), "-q"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while not (run / "metrics.csv").exists() or len((run / "metrics.csv").read_text().splitlines()) < 3:
+        assert time.time() - t0 < 60 and p.poll() is None
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    it = int(lines[0].split("iteration ")[1].split(",")[0])
+    assert lines[0] == (f"interrupted at iteration {it}, checkpoint written; "
+                        f"continue with ctdip reconstruct --resume {run}")
+    assert it >= 2 and RunFolder(run).file("checkpoint.pt").exists()
