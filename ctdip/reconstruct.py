@@ -357,6 +357,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     if output is None and resume:
         raise UserError("--resume needs the run folder")
     if resume and RunFolder(output).is_finished():
+        RunFolder(output).clean_stale_temporaries()  # e.g. a checkpoint write killed after the end
         return finished_run(Path(output), quiet=quiet, json_out=json_out)
     if output is not None:
         _check_run_folder(Path(output), resume)
