@@ -62,9 +62,9 @@ def parse_set(items: list[str] | None, *, option: str = "--set", strict_keys: bo
     return out
 
 # scan options (``reconstruct``, ``check``, ...): how a scan folder is read
-SETUP = typer.Option(None, "--setup", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it.")
-ANGLES = typer.Option(None, "--angles", help="Use K equispaced views of the scan (K >= 2).")
-BIN = typer.Option(None, "--bin", help="Detector binning B (columns in 2D, rows and columns in 3D).")
-SLICE = typer.Option(None, "--slice", help="Volume slice for 2D: index, 'mid', or offset like +3.")
-MODE = typer.Option(None, "--mode", help="2d (one slice, default) or 3d.")
-SIZE = typer.Option(None, "--size", help="Reconstruction grid N x N (same field of view, N >= 8).")
+SETUP = typer.Option(None, "--setup", metavar="NAME|FILE", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it.")
+ANGLES = typer.Option(None, "--angles", metavar="K", help="Use K equispaced views of the scan (K >= 2).")
+BIN = typer.Option(None, "--bin", metavar="B", help="Detector binning B (columns in 2D, rows and columns in 3D).")
+SLICE = typer.Option(None, "--slice", metavar="Z", help="Volume slice for 2D: index, 'mid', or offset like +3.")
+MODE = typer.Option(None, "--mode", metavar="2d|3d", help="2d (one slice, default) or 3d.")
+SIZE = typer.Option(None, "--size", metavar="N", help="Reconstruction grid N x N (same field of view, N >= 8).")

@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from ctdip.cli._options import (INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, method_help,
-                                parse_set)
+from ctdip.cli._options import (ANGLES, BIN, INPUT, ITERATIONS, LR, MODE, NETWORK, ORBIT, SETUP, SIZE, SLICE,
+                                TV_WEIGHT, WEIGHTS, given, method_help, parse_set)
 from ctdip.errors import UserError
 
 # named options that map to method params of the same name (dashes -> underscores)
@@ -25,12 +25,12 @@ def register(app: typer.Typer) -> None:
         scan: Optional[Path] = typer.Argument(None, metavar="SCAN", help="Scan folder (ctdip or walnut layout). Not needed with --resume."),
         method: Optional[str] = typer.Option(None, "--method", "-m", metavar="NAME", help=method_help()),
         output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="RUN", help="Run folder (default runs/<time>_<method>_<scan>)."),
-        setup: Optional[str] = typer.Option(None, "--setup", metavar="NAME|FILE", help="Acquisition preset (presets/setups), e.g. walnut-2d-sparse-60; flags override it."),
-        angles: Optional[int] = typer.Option(None, "--angles", metavar="K", help="Use K equispaced views of the scan."),
-        bin_: Optional[int] = typer.Option(None, "--bin", metavar="B", help="Detector binning B (columns in 2D, rows and columns in 3D)."),
-        slice_: Optional[str] = typer.Option(None, "--slice", metavar="Z", help="Volume slice for 2D: index, 'mid', or offset like +3."),
-        mode: Optional[str] = typer.Option(None, "--mode", metavar="2d|3d", help="2d (one slice, default) or 3d."),
-        size: Optional[int] = typer.Option(None, "--size", metavar="N", help="Reconstruction grid N x N (same field of view)."),
+        setup: Optional[str] = SETUP,
+        angles: Optional[int] = ANGLES,
+        bin_: Optional[int] = BIN,
+        slice_: Optional[str] = SLICE,
+        mode: Optional[str] = MODE,
+        size: Optional[int] = SIZE,
         orbit: Optional[int] = ORBIT,
         iterations: Optional[int] = ITERATIONS,
         lr: Optional[float] = LR,
