@@ -4,6 +4,7 @@ A method supplies a :class:`DIPModel` (network, input, an ``objective`` for one 
 ``after_step`` / ``final_image`` hooks); :class:`Engine` runs::
 
     for t = t0+1 .. T:
+        model.before_step(t)                          # e.g. draw this step's view subset
         L_t, x_t = model.objective(t)                 # x_t: the iterate (network output)
         theta <- Adam(theta, grad L_t), gradients clipped to ||g||_2 <= grad_clip
         model.after_step(t, x_t)                      # e.g. an auxiliary/dual update, z <- f(z)
@@ -75,8 +76,16 @@ class DIPModel:
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
 
+    def before_step(self, it: int, gen: torch.Generator) -> None:
+        """Called before ``objective`` (e.g. to draw a random view subset with the seeded ``gen``)."""
+
     def objective(self, it: int, gen: torch.Generator) -> StepOut:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def logged_data_fit(self, image: torch.Tensor) -> float | None:
+        """The data fit to log for a metrics row, when the step's own is only an estimate (view
+        subsets); None: log the step's ``data_fit``."""
+        return None
 
     def after_step(self, it: int, image: torch.Tensor, gen: torch.Generator) -> None:
         """Called after the optimiser step with the detached iterate (no gradients)."""
@@ -440,6 +449,7 @@ class Engine:
                 t0 = time.perf_counter()
                 it = self.iteration + 1
                 opt.zero_grad(set_to_none=True)
+                model.before_step(it, self.gen)
                 step = model.objective(it, self.gen)
                 step.loss.backward()
                 if cfg.grad_clip:
@@ -454,6 +464,9 @@ class Engine:
                 for cb in self.callbacks:
                     stopped = cb.on_iteration(self, it, x, out) or stopped
                 if it % cfg.log_every == 0 or it == 1 or it == cfg.iterations or stopped:
+                    full_fit = model.logged_data_fit(x)
+                    if full_fit is not None:
+                        out["data_fit"] = full_fit
                     row = self._row(it, out, x, elapsed())
                     self.history.append(row)
                     pending.append(row)
