@@ -209,3 +209,41 @@ def test_subspace_dip_user_errors(problem, trajectory, tmp_path, one_thread):
     (tmp_path / "t.ckpt" / "step_000099.pt").write_bytes((tmp_path / "t.ckpt" / "step_000030.pt").read_bytes())
     with pytest.raises(UserError, match="trajectory changed"):
         _run("subspace-dip", problem, tmp_path / "run", resume=True, weights=str(traj), lr=0.05, **SUB)
+
+
+def test_subspace_preset_has_sources_and_is_registered():
+    import yaml
+
+    from ctdip.methods import method_names
+    from ctdip.methods._dip import PRESET_DIR
+
+    assert "subspace-dip" in method_names()
+    data = yaml.safe_load((PRESET_DIR / "subspace-dip.yaml").read_text())
+    assert set(data["sources"]) <= set(data["params"])
+    m = get_method("subspace-dip")()
+    assert (m.p["input"], m.p["optimizer"], m.p["view_batch"]) == ("fbp", "adam", 0)
+
+
+def test_cli_deep_decoder_view_batch_and_subspace(run_cli, tmp_path, capsys, one_thread, monkeypatch):
+    import json
+
+    monkeypatch.setenv("CTDIP_CACHE_DIR", str(tmp_path / "cache"))
+    scan = tmp_path / "scan32"
+    assert run_cli("simulate", scan, "--phantom", "walnut", "--geometry", "fan", "--angles", "24",
+                   "--size", "32", "--noise", "0.05", "-q") == 0
+    rec = ["-n", "6", "--device", "cpu", "-q"]
+    assert run_cli("reconstruct", scan, "--method", "tv", "--network", "deep-decoder", "--set", "view_batch=6",
+                   "-o", tmp_path / "dd", *rec) == 0
+    s = json.loads((tmp_path / "dd" / "summary.json").read_text())["result"]
+    assert s["network"]["arch"]["name"] == "deep-decoder" and s["loss_normalisation"]["view_batch"] == 6
+    w = tmp_path / "w.pt"
+    assert run_cli("pretrain", "--scan", scan, "-o", w, "--network", "tiny", "--steps", "6", "--batch-size", "2",
+                   "--val-every", "3", "--checkpoint-every", "2", "--device", "cpu", "-q") == 0
+    assert run_cli("reconstruct", scan, "--method", "subspace-dip", "--weights", w, "--set", "optimizer=lbfgs",
+                   "--lr", "1", "-o", tmp_path / "sub", *rec) == 0
+    s = json.loads((tmp_path / "sub" / "summary.json").read_text())["result"]
+    assert s["trajectory_checkpoints"] == 3 and s["subspace_dim"] == 2
+    capsys.readouterr()
+    assert run_cli("reconstruct", scan, "--method", "subspace-dip", "-o", tmp_path / "none", *rec) == 2
+    err = capsys.readouterr().err
+    assert "needs --weights" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "none" / "recon.tif").exists()
