@@ -269,8 +269,8 @@ def write_markdown(results: dict, path: Path) -> None:
          "thread per run on a shared 2-core machine: times are indicative.", "",
          f"Budgets: DIP {b.get('iters_128')} iterations at 128², **{b.get('iters_256')} at 256² (reduced)**; "
          f"edip / subspace-dip (Adam) {b.get('sub_iters')} iterations, subspace-dip L-BFGS {b.get('lbfgs_iters')} "
-         f"iterations (each up to 25 evaluations); deep decoder with Adam lr {b.get('dd_lr')} (Heckel & Hand "
-         f"2019); the trajectory: `pretrain` of the light U-Net on ellipses for each geometry, "
+         f"iterations (each up to 25 evaluations); deep decoder with Adam lr {b.get('dd_lr')} (the rate of "
+         f"Heckel & Hand's experiments, not tuned here); the trajectory: `pretrain` of the light U-Net on ellipses for each geometry, "
          f"{b.get('pretrain_steps')} steps × {b.get('pretrain_batch')} phantoms, a checkpoint every "
          f"{b.get('checkpoint_every')} steps (its wall time is in the pretrain line, not in the edip / "
          "subspace-dip rows). Other parameters from the presets.", ""]
@@ -305,11 +305,12 @@ def write_markdown(results: dict, path: Path) -> None:
     sc = results.get("step_costs")
     if sc:
         L += ["## Per-step cost with K of n views (vanilla; steps 2..N of a short run, set-up excluded)", "",
-              "| case | " + " | ".join(f"K = {r['K']}" for r in next(iter(sc.values()))) + " |",
-              "|---|" + "---|" * len(next(iter(sc.values())))]
+              "| case | K = n | K = n/2 | K = n/4 | K = n/8 |", "|---|---|---|---|---|"]
         for label, rows in sc.items():
-            L.append(f"| {label} | " + " | ".join(f"{r['s_per_step'] * 1000:.0f} ms" for r in rows) + " |")
+            L.append(f"| {label} | " + " | ".join(f"K = {r['K']}: {r['s_per_step'] * 1000:.0f} ms" for r in rows) + " |")
         L.append("")
+    if results.get("notes"):
+        L += ["## What this shows", ""] + [f"- {n}" for n in results["notes"]] + [""]
     path.write_text("\n".join(L) + "\n")
 
 
