@@ -2,7 +2,7 @@
 non-convolutional networks", ICLR; handbook §3.2), 2D and 3D.
 
 An under-parametrised image generator without spatial convolutions. With ``d = layers`` blocks of
-``k`` channels, a fixed random input ``B_0`` of spatial size ``ceil(n / 2^(d-1))`` per axis and
+``k`` channels, a fixed random input ``B_0`` of spatial size ``max(2, ceil(n / 2^(d-1)))`` per axis and
 ``U_i`` a fixed (parameter-free) bilinear / trilinear upsampling::
 
     B_{i+1} = cn( ReLU( U_i ( B_i C_i ) ) ),   i = 0 .. d-1     (no U on the last block)
@@ -21,8 +21,9 @@ are).
 Parameters: ``d (k^2 + 3k) + k + 1`` (convolutions, biases, scale/shift, output). ``channels:
 auto`` (the preset) picks the largest ``k <= max_channels`` with at most ``pixels / compression``
 parameters, so the network is under-parametrised on every image size (Heckel & Hand's argument:
-fewer parameters than pixels regularise by themselves, so no early stopping should be needed; the
-handbook benchmark in ``benchmarks/results/handbook_methods.md`` measures whether that holds for CT).
+fewer parameters than pixels regularise by themselves, so no early stopping should be needed).
+Measured for CT in ``benchmarks/results/handbook_methods.md`` (Adam lr 0.01): within 0.3 dB of its
+peak at the end of every run, no decline over 6000 iterations on the 128² walnut.
 
 The random input ``B_0 ~ N(0, 1)`` is drawn from ``input_seed`` and kept as a buffer (it is in the
 state dict, so checkpoints and weight files carry it); the method's network input only fixes the
@@ -46,9 +47,10 @@ def parameter_count(channels: int, layers: int, out_channels: int = 1) -> int:
 
 
 def _sizes(image_shape: Sequence[int], layers: int) -> list[tuple[int, ...]]:
-    """Spatial size of B_0 .. B_{d-1}: ceil(n / 2^(d-1-i)) per axis, the last one the image's."""
+    """Spatial size of B_0 .. B_{d-1}: ceil(n / 2^(d-1-i)) per axis but at least 2 (the channel
+    normalisation needs more than one value), the last one the image's."""
     ups = layers - 1
-    return [tuple(max(1, math.ceil(n / 2 ** (ups - i))) for n in image_shape) for i in range(layers)]
+    return [tuple(max(min(2, n), math.ceil(n / 2 ** (ups - i))) for n in image_shape) for i in range(layers)]
 
 
 class DeepDecoder(nn.Module):
