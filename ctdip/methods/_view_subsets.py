@@ -8,7 +8,9 @@ engine's seeded generator (so the sequence is fixed by ``--seed`` and restored w
 
 Every view lies in S with probability K / n, so ``E_S D_S(x) = ||A x - y||^2 / ||y||^2``: the
 subset loss is an unbiased estimate of the full data term (same ``||y||^2`` normalisation), and so
-is its gradient. A step then costs K / n of the operator's work (forward and adjoint).
+is its gradient. A step then costs K / n of the operator's work (forward and adjoint); the
+metrics rows log the full data fit, one full projection every ``log_every`` steps. The ``loss``
+column and the minimum-loss pick (edip) use the step's subset estimate.
 
 Restricted operators (:class:`ViewSubset`), by backend:
 
