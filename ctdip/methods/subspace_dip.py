@@ -7,7 +7,8 @@ its trajectory (``<weights stem>.ckpt/step_NNNNNN.pt``, in step order), flattene
 the P trainable parameters, and their mean ``theta_bar``::
 
     Theta_c = [theta_1 - theta_bar, ..., theta_T - theta_bar]   (P x T, centred)
-    Theta_c = U S V^T  (thin SVD),   U_k = the first k left singular vectors  (k <= T - 1)
+    Theta_c = U S V^T  (thin SVD),   U_k = the first k left singular vectors
+                                     (k = min(subspace_dim, T - 1), the rank of Theta_c)
 
 (each column's sign fixed so its largest-magnitude entry is positive, so the basis is a function of
 the checkpoints alone). Sparsification by leverage scores: ``l_i = ||(U_k)_{i,:}||^2`` (sum_i l_i
@@ -37,6 +38,7 @@ the trajectory must agree with it (max difference 1e-4) or the resume is refused
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -125,7 +127,11 @@ class SubspaceDIP(EDIP):
                 rows.append(torch.cat([sd[n].reshape(-1).float() for n in self._names]))
             except KeyError as e:
                 raise UserError(f"trajectory checkpoint lacks parameter {e}", path=f) from None
-        return subspace_basis(torch.stack(rows), int(self.p["subspace_dim"]), float(self.p["keep"]))
+        k = min(int(self.p["subspace_dim"]), len(rows) - 1)  # the centred trajectory has rank <= T - 1
+        if k < int(self.p["subspace_dim"]) and not getattr(self.ctx, "quiet", False):
+            sys.stderr.write(f"warning: {self.weights_file}: the trajectory has {len(rows)} checkpoints; "
+                             f"subspace_dim {self.p['subspace_dim']} lowered to {k}\n")
+        return subspace_basis(torch.stack(rows), k, float(self.p["keep"]))
 
     def theta(self, c: torch.Tensor | None = None) -> torch.Tensor:
         """theta(c) = theta_0 + B c (flat, P)."""
