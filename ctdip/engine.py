@@ -4,8 +4,11 @@ A method supplies a :class:`DIPModel` (network, input, an ``objective`` for one 
 ``after_step`` / ``final_image`` hooks); :class:`Engine` runs::
 
     for t = t0+1 .. T:
+        model.before_step(t)                          # e.g. draw this step's view subset
         L_t, x_t = model.objective(t)                 # x_t: the iterate (network output)
         theta <- Adam(theta, grad L_t), gradients clipped to ||g||_2 <= grad_clip
+                 (optimizer adam, adamw, sgd; or lbfgs: one L-BFGS iteration with a strong-Wolfe
+                  line search, history 10, no clipping, for methods with few parameters)
         model.after_step(t, x_t)                      # e.g. an auxiliary/dual update, z <- f(z)
         callbacks: EMA, ES-WMV, best/min-loss picks, metrics row every n, checkpoint every M,
                    SIGTERM/SIGINT and the time budget; a one-line duration estimate after
@@ -86,8 +89,16 @@ class DIPModel:
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
 
+    def before_step(self, it: int, gen: torch.Generator) -> None:
+        """Called before ``objective`` (e.g. to draw a random view subset with the seeded ``gen``)."""
+
     def objective(self, it: int, gen: torch.Generator) -> StepOut:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def logged_data_fit(self, image: torch.Tensor) -> float | None:
+        """The data fit to log for a metrics row, when the step's own is only an estimate (view
+        subsets); None: log the step's ``data_fit``."""
+        return None
 
     def after_step(self, it: int, image: torch.Tensor, gen: torch.Generator) -> None:
         """Called after the optimiser step with the detached iterate (no gradients)."""
@@ -309,7 +320,11 @@ class Engine:
                                      weight_decay=self.cfg.weight_decay)
         if name == "sgd":
             return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
-        raise UserError(f"unknown optimizer '{self.cfg.optimizer}'; choose adam, adamw or sgd")
+        if name == "lbfgs":  # one L-BFGS iteration per engine iteration (meant for few parameters)
+            params = [p for g in groups for p in g["params"]]
+            return torch.optim.LBFGS(params, lr=self.cfg.lr, max_iter=1, max_eval=25, history_size=10,
+                                     line_search_fn="strong_wolfe")
+        raise UserError(f"unknown optimizer '{self.cfg.optimizer}'; choose adam, adamw, sgd or lbfgs")
 
     def _rng_state(self) -> dict:
         st = {"torch": torch.get_rng_state(), "engine": self.gen.get_state()}
@@ -415,6 +430,23 @@ class Engine:
             row["holdout"] = holdout_residual(self.problem, x)
         return row
 
+    def _lbfgs_step(self, model: DIPModel, opt: torch.optim.LBFGS, it: int) -> StepOut:
+        """One L-BFGS iteration: the closure re-evaluates the objective at each line-search point
+        (no gradient clipping: it would corrupt the curvature pairs); the step's iterate and loss
+        are those of the first evaluation, at the parameters before the update (as for Adam)."""
+        first: list[StepOut] = []
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            s = model.objective(it, self.gen)
+            s.loss.backward()
+            if not first:
+                first.append(StepOut(loss=s.loss.detach(), image=s.image.detach(), data_fit=_f(s.data_fit), reg=_f(s.reg)))
+            return s.loss
+
+        opt.step(closure)
+        return first[0]
+
     # ------------------------------------------------------------------ the loop
     def run(self, model: DIPModel) -> EngineResult:
         cfg = self.cfg
@@ -454,11 +486,15 @@ class Engine:
                 t0 = time.perf_counter()
                 it = self.iteration + 1
                 opt.zero_grad(set_to_none=True)
-                step = model.objective(it, self.gen)
-                step.loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
+                model.before_step(it, self.gen)
+                if isinstance(opt, torch.optim.LBFGS):
+                    step = self._lbfgs_step(model, opt, it)
+                else:
+                    step = model.objective(it, self.gen)
+                    step.loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    opt.step()
                 x = step.image.detach()
                 model.after_step(it, x, self.gen)
                 self.iteration = it
@@ -469,6 +505,9 @@ class Engine:
                 for cb in self.callbacks:
                     stopped = cb.on_iteration(self, it, x, out) or stopped
                 if it % cfg.log_every == 0 or it == 1 or it == cfg.iterations or stopped:
+                    full_fit = model.logged_data_fit(x)
+                    if full_fit is not None:
+                        out["data_fit"] = full_fit
                     row = self._row(it, out, x, elapsed())
                     self.history.append(row)
                     pending.append(row)

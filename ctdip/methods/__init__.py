@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "aseq": "ctdip.methods.aseq:ASeq",
     "edip": "ctdip.methods.edip:EDIP",
     "edip-fe": "ctdip.methods.edip:EDIPFrozenEncoder",
+    "subspace-dip": "ctdip.methods.subspace_dip:SubspaceDIP",
 }
 ALIASES = {"hqs": "hqs-denoiser", "sg-dip": "self-guided", "fdk": "fbp"}
 

@@ -12,6 +12,9 @@ Loss normalisation (recorded in ``summary.json`` under ``loss_normalisation``)::
 
 with ``y`` and images in the Problem's scaled units (images O(1), see ``Problem.intensity_scale``).
 So a weight such as ``tv_weight`` means the same on every geometry, image size and data unit.
+With ``view_batch`` K > 0 each step fits K random views S instead, ``(n/K) ||A_S x - y_S||^2 /
+||y||^2`` (unbiased, handbook §5.3; ``ctdip.methods._view_subsets``); the logged ``data_fit`` stays
+the full one.
 
 Network inputs (``input``): ``noise`` (z ~ input_std N(0, 1), fixed), ``fbp`` (the Problem's
 FBP/FDK), ``adjoint`` (A^T y / q99.9(|A^T y|)), ``learnable`` (noise z optimised with the network,
@@ -50,6 +53,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "es_patience": 500,
     "es_delta": 0.0,
     "ema_decay": 0.99,
+    "view_batch": 0,
 }
 COMMON_SOURCES = {
     "lr": "tuned here for the light network on CPU (handbook: 1e-4 with the paper network), benchmarks/results/methods.md",
@@ -58,6 +62,7 @@ COMMON_SOURCES = {
     "es_patience": "tuned here (Wang et al. 2021 use P of the order of the window to 1000)",
     "ema_decay": "Liang et al. 2025 (self-guided DIP) output EMA",
     "network": "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)",
+    "view_batch": "0 = every view each step; K = a random subset of K views per step (handbook §5.3, ctdip/methods/_view_subsets.py)",
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -126,7 +131,7 @@ class DIPMethod(Method, DIPModel):
 
     # ------------------------------------------------------------------ building blocks
     def network_arch(self, problem) -> dict:
-        from ctdip.networks import network_preset
+        from ctdip.networks import network_preset, resolve_arch
 
         net = self.p["network"]
         if isinstance(net, dict):
@@ -137,7 +142,7 @@ class DIPMethod(Method, DIPModel):
         if int(arch.get("dim", problem.dim)) != problem.dim:
             raise UserError(f"network '{net}' is {arch.get('dim')}D but the problem is {problem.dim}D "
                             f"(use a {problem.dim}D network preset)")
-        return arch
+        return resolve_arch(arch, problem.image_shape)
 
     def make_input(self, problem, gen: torch.Generator) -> torch.Tensor:
         kind = self.p["input"]
@@ -156,10 +161,19 @@ class DIPMethod(Method, DIPModel):
         return z.float().to(problem.device).clone()  # never a view of the problem's tensors
 
     def data_fit(self, x: torch.Tensor) -> torch.Tensor:
-        """``||A x - y||^2 / ||y||^2`` for network-shaped x (any batch size: mean over the batch)."""
-        r = self.problem.forward(x) - self.problem.y
+        """``||A x - y||^2 / ||y||^2`` for network-shaped x (any batch size: mean over the batch).
+
+        With ``view_batch`` K > 0, inside a step: the unbiased subset estimate
+        ``(n / K) ||A_S x - y_S||^2 / ||y||^2`` on the step's views S (``_view_subsets``)."""
+        views = getattr(self, "_views", None)
+        if views is None:
+            r = self.problem.forward(x) - self.problem.y
+            scale = 1.0
+        else:
+            r = self._view_op(self.problem.to_volume(x), views) - self.problem.y[torch.as_tensor(views, device=x.device)]
+            scale = self._n_views / len(views)
         n = x.shape[0]
-        return (r * r).sum() / (n * self._ynorm2)
+        return scale * (r * r).sum() / (n * self._ynorm2)
 
     @staticmethod
     def tv(x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +182,21 @@ class DIPMethod(Method, DIPModel):
     # ------------------------------------------------------------------ DIPModel hooks
     def setup(self, problem, gen: torch.Generator) -> None:
         """Method-specific state, after network and input exist."""
+
+    def before_step(self, it: int, gen: torch.Generator) -> None:
+        """With ``view_batch`` K > 0: draw this step's K views from the engine's generator."""
+        if self._view_batch:
+            from ctdip.methods._view_subsets import draw_views
+
+            self._views = draw_views(self._n_views, self._view_batch, gen)
+
+    @torch.no_grad()
+    def logged_data_fit(self, image: torch.Tensor) -> float | None:
+        """The full-data fit for metrics rows when the steps fit view subsets."""
+        if not self._view_batch:
+            return None
+        r = self.problem.forward(image) - self.problem.y
+        return float((r * r).sum() / (image.shape[0] * self._ynorm2))
 
     def param_groups(self, lr: float) -> list[dict]:
         groups = [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
@@ -214,6 +243,7 @@ class DIPMethod(Method, DIPModel):
         ctx = ctx or RunContext()
         self.problem = problem
         self._ynorm2 = float((problem.y * problem.y).sum().clamp_min(1e-30))
+        self._setup_view_subsets(problem)
         self.ctx = ctx
         seed = int(ctx.seed)
         torch.manual_seed(seed)
@@ -234,8 +264,12 @@ class DIPMethod(Method, DIPModel):
         loss_info = {"data_fit": "||A x - y||^2 / ||y||^2", "y_norm2": self._ynorm2,
                      "image_terms": "mean over voxels", "intensity_scale": float(problem.intensity_scale),
                      "opnorm": float(problem.opnorm)}
+        if self._view_batch:
+            loss_info["view_batch"] = self._view_batch
+            loss_info["data_fit_step"] = "(n/K) ||A_S x - y_S||^2 / ||y||^2 on K random views S (unbiased); logged data_fit: full"
         self.engine = Engine(problem, ctx, cfg, method_name=self.name, params=self.p, loss_info=loss_info)
         res = self.engine.run(self)
+        self._views = None  # later data_fit calls see every view
         recon = self.choose_result(res)
         extras = {k: problem.to_volume(v)[0, 0] for k, v in res.picks.items() if k in ("es", "best", "ema")}
         summary = {
@@ -248,6 +282,14 @@ class DIPMethod(Method, DIPModel):
             summary["returned_psnr"] = self.engine.picks.psnr(recon)
         return MethodResult(recon=problem.to_volume(recon)[0, 0], extras=extras, summary=summary,
                             history=res.history)
+
+    def _setup_view_subsets(self, problem) -> None:
+        from ctdip.methods._view_subsets import ViewSubset, check_view_batch
+
+        self._n_views = int(problem.y.shape[0])
+        self._view_batch = check_view_batch(self.p.get("view_batch", 0) or 0, self._n_views, self.name)
+        self._views = None
+        self._view_op = ViewSubset(problem.A) if self._view_batch else None
 
     def build_network(self, problem) -> torch.nn.Module:
         from ctdip.networks import build_network

@@ -10,7 +10,8 @@ lazily) and calls the class with the remaining keys. ``network_preset(name_or_pa
 ``ctdip/presets/networks/<name>.yaml`` (or a user YAML file) and returns an ``arch``.
 
 Presets: ``paper`` (6 scales x 128 channels, skips [0,0,0,0,4,4]; handbook / EDIP), ``light``
-(the CPU default, 5 scales), ``tiny`` (tests), ``3d`` (EDIP's 3D walnut U-Net: 3 scales, no skips).
+(the CPU default, 5 scales), ``tiny`` (tests), ``3d`` (EDIP's 3D walnut U-Net: 3 scales, no skips),
+``deep-decoder`` (Heckel & Hand 2019, 2D or 3D, ``ctdip.networks.deep_decoder``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ctdip.errors import UserError
 NETWORKS: dict[str, str] = {
     "unet": "ctdip.networks.unet:UNet",
     "drunet": "ctdip.networks.drunet:DRUNet",
+    "deep-decoder": "ctdip.networks.deep_decoder:DeepDecoder",
 }
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "networks"
@@ -34,6 +36,18 @@ DEFAULT_PRESET = "light"
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_arch(arch: dict, image_shape) -> dict:
+    """``arch`` completed for a problem's image shape: a network class with a ``resolve_arch``
+    static method (the deep decoder: its input size and ``channels: auto``) fills in its keys; any
+    other arch is returned unchanged."""
+    name = arch.get("name") if isinstance(arch, dict) else None
+    if name not in NETWORKS:
+        return arch
+    module, cls_name = NETWORKS[name].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    return cls.resolve_arch(arch, tuple(image_shape)) if hasattr(cls, "resolve_arch") else arch
 
 
 def build_network(arch: dict) -> torch.nn.Module:
@@ -87,4 +101,4 @@ def count_parameters(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["NETWORKS", "build_network", "network_preset", "preset_names", "count_parameters"]
+__all__ = ["NETWORKS", "build_network", "resolve_arch", "network_preset", "preset_names", "count_parameters"]
