@@ -29,6 +29,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"--size 64\b", "--size 24"),
     (r"(-n|--iterations) \d+", r"\1 5"),
     (r"--steps \d+", "--steps 3"),
+    (r"--checkpoint-every \d+", "--checkpoint-every 1"),  # a trajectory of 3 checkpoints
     (r"--rank \d+", "--rank 4 --ntk-rank 2"),
     (r"\(256, 256\)", "(48, 48)"),
 ]

@@ -65,7 +65,7 @@ COMMON_SOURCES = {
     "view_batch": "0 = every view each step; K = a random subset of K views per step (handbook §5.3, ctdip/methods/_view_subsets.py)",
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 
 
 def load_method_preset(name: str) -> dict:
