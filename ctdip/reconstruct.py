@@ -388,5 +388,10 @@ def print_summary(rs: RunSummary) -> None:
             con.print(f"  early stop PSNR {es['psnr']:.2f} dB at iteration {es['iter']}")
         if "fbp" in s:
             con.print(f"  (initial Ram-Lak FBP/FDK: PSNR {s['fbp']['psnr']:.2f} dB)")
+    choice = (s.get("result") or {}).get("tv_weight_choice")
+    if choice:
+        from ctdip.selection import choice_text
+
+        con.print(f"  choice: {choice_text(choice)}")
     con.print(f"  recon:   {rs.recon_path}")
     con.print(f"  preview: {rs.preview_path}")

@@ -23,6 +23,8 @@ REGISTRY: dict[str, str] = {
     "aseq": "ctdip.methods.aseq:ASeq",
     "edip": "ctdip.methods.edip:EDIP",
     "edip-fe": "ctdip.methods.edip:EDIPFrozenEncoder",
+    # the quality recommendation (TV-DIP with reference-free weight, presets/methods/recommended.yaml)
+    "recommended": "ctdip.methods.tv:Recommended",
 }
 ALIASES = {"hqs": "hqs-denoiser", "sg-dip": "self-guided", "fdk": "fbp"}
 

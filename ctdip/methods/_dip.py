@@ -49,6 +49,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "es_patience": 500,
     "es_delta": 0.0,
     "ema_decay": 0.99,
+    "lr_schedule": "constant",
 }
 COMMON_SOURCES = {
     "lr": "tuned here for the light network on CPU (handbook: 1e-4 with the paper network), benchmarks/results/methods.md",
@@ -56,6 +57,7 @@ COMMON_SOURCES = {
     "es_window": "Wang et al. 2021 ES-WMV, W = 100",
     "es_patience": "tuned here (Wang et al. 2021 use P of the order of the window to 1000)",
     "ema_decay": "Liang et al. 2025 (self-guided DIP) output EMA",
+    "lr_schedule": "constant (cosine: decay to 5 % of lr, ctdip.engine.lr_factor)",
     "network": "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)",
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
@@ -119,6 +121,11 @@ class DIPMethod(Method, DIPModel):
             raise UserError(f"method '{self.name}': input must be one of {', '.join(INPUT_KINDS)}, got '{resolved['input']}'")
         if int(resolved["iterations"]) < 1:
             raise UserError(f"method '{self.name}': iterations must be at least 1")
+        from ctdip.engine import LR_SCHEDULES
+
+        if resolved["lr_schedule"] not in LR_SCHEDULES:
+            raise UserError(f"method '{self.name}': lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                            f"got '{resolved['lr_schedule']}'")
         super().__init__(**resolved)
         self.p = resolved
 
@@ -209,6 +216,7 @@ class DIPMethod(Method, DIPModel):
             log_every=max(1, int(self.p["log_every"])), checkpoint_every=int(self.p["checkpoint_every"] or 0),
             es_window=int(self.p["es_window"]), es_patience=int(self.p["es_patience"]),
             es_delta=float(self.p["es_delta"]), ema_decay=float(self.p["ema_decay"]),
+            lr_schedule=str(self.p["lr_schedule"]),
         )
         loss_info = {"data_fit": "||A x - y||^2 / ||y||^2", "y_norm2": self._ynorm2,
                      "image_terms": "mean over voxels", "intensity_scale": float(problem.intensity_scale),
