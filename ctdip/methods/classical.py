@@ -31,8 +31,11 @@ with ``K = [A~; grad]``, ``||K||^2 <= 1 + 8`` (2D) or ``1 + 12`` (3D) and
     xb <- 2 x_new - x,  x <- x_new
 
 ``lambda`` is ``tv_weight``: dividing A and y by ||A|| makes it independent of the geometry's
-scale; the images are O(1) (the Problem's intensity scale), so one weight works across scans of
-similar noise. The default is tuned on the demo data (see ``presets/methods/pdhg-tv.yaml``).
+scale; the images are O(1) (the Problem's intensity scale). The default ``tv_weight: auto`` chooses
+lambda without a reference by K-fold cross-validation on held-out views (:mod:`ctdip.selection`):
+the same solver with a view mask M (``1/2 ||M (A~ x - y~)||^2``, all folds as one batch), the
+held-out residual of each weight of ``cv_grid``, then all views at the minimiser. A number fixes
+lambda (see ``presets/methods/pdhg-tv.yaml``).
 
 Each iteration of cgls and pdhg-tv appends a metrics row (iter, data_fit = ||A x - y||^2 / ||y||^2,
 reg = 2 lambda TV(x) / ||y~||^2 (pdhg-tv), loss = data_fit + reg, PSNR every iteration and SSIM every ``log_every`` iterations when a
