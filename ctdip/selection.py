@@ -121,6 +121,13 @@ def cv_tv_weight(problem, grid: list[float], *, folds: int = 5, iterations: int 
                 x = solver.step()
                 if ctx is not None and k % 10 == 0:
                     ctx.report(len(weights) * iterations + k, total, {})
+                    limit = getattr(ctx, "time_limit_s", None)
+                    if limit is not None and time.perf_counter() - t0 > limit:
+                        from ctdip.errors import TimeLimitReached
+
+                        raise TimeLimitReached(f"time limit of {limit:g} s reached during the cross-validation "
+                                               f"of tv_weight (weight {len(weights) + 1} of up to {len(grid)}); "
+                                               "rerun with more time or a fixed tv_weight")
             r = (A(x) - y) * (1.0 - mask)
             weights.append(float(lam))
             res.append(float(r.pow(2).sum()) / y2)

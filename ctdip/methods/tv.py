@@ -51,7 +51,8 @@ class TVDIP(DIPMethod):
             from ctdip.selection import cv_tv_weight, dip_tv_weight, parse_grid
 
             self.choice = cv_tv_weight(problem, parse_grid(self.p["cv_grid"], self.name),
-                                       folds=int(self.p["cv_folds"]), iterations=int(self.p["cv_iterations"]))
+                                       folds=int(self.p["cv_folds"]), iterations=int(self.p["cv_iterations"]),
+                                       ctx=getattr(self, "ctx", None))
             self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.p["tv_factor"]))
             self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.p["tv_factor"]),
                                      dip_tv_weight=self.weight)
