@@ -151,7 +151,8 @@ def write_markdown(results: dict, path: Path, tuning: bool) -> None:
              "of the reference); *oracle* TV is the PSNR-best of an 8-weight sweep (300 iterations each), "
              "*auto* TV is the shipped reference-free default. Peak = best logged iterate (needs the "
              "reference, for information only). Wall times: torch threads as listed, on a 2-core machine "
-             "shared with other jobs (load average at start/end given), so indicative only.", ""]
+             "shared with other jobs (load average at start/end given), so indicative only; the oracle's wall "
+             "time is that of its best weight's run. A method missing from a table was not run (CPU budget).", ""]
     for key in sorted(results):
         rows = results[key]
         any_row = next(iter(rows.values()))
