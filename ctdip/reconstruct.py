@@ -488,6 +488,11 @@ def print_summary(rs: RunSummary) -> None:
     con.print(line)
     for line in number_lines(s):
         con.print("  " + line)
+    choice = (s.get("result") or {}).get("tv_weight_choice")
+    if choice:
+        from ctdip.selection import choice_text
+
+        con.print(f"  choice: {choice_text(choice)}")
     con.print(f"  recon:   {rs.recon_path}")
     con.print(f"  preview: {rs.preview_path}")
 

@@ -36,7 +36,8 @@ def _fmt(x: float) -> str:
 
 @dataclass(frozen=True)
 class Rule:
-    """A numeric rule: integer or real, optional bounds, optional None."""
+    """A numeric rule: integer or real, optional bounds, optional None, optionally ``"auto"``
+    (a value the method chooses itself, e.g. a cross-validated TV weight)."""
 
     integer: bool = False
     minimum: float | None = None
@@ -44,6 +45,7 @@ class Rule:
     open_min: bool = False
     open_max: bool = False
     optional: bool = False
+    auto: bool = False
 
     def describe(self) -> str:
         """The rule in words: "a positive integer", "a finite number in (0, 1]", ..."""
@@ -71,7 +73,9 @@ class Rule:
         """``value`` converted (int or float) if it obeys the rule; UserError naming ``option`` if not."""
         if value is None and self.optional:
             return None
-        what = self.describe() + (" (or empty: off)" if self.optional else "")
+        if self.auto and isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        what = self.describe() + (" (or empty: off)" if self.optional else "") + (" or 'auto'" if self.auto else "")
         if isinstance(value, str):
             try:
                 value = float(value.strip())
@@ -131,7 +135,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "es_patience": NONNEG_INT,
     "es_delta": NONNEG,
     "ema_decay": FRACTION,
-    "tv_weight": NONNEG,
+    "tv_weight": Rule(minimum=0, auto=True),
     "sigma": NONNEG,
     "rho": POSITIVE,
     "inner": POSITIVE_INT,

@@ -61,7 +61,7 @@ def test_unknown_and_bad_params_are_user_errors():
 
     with pytest.raises(UserError, match="no parameter 'lr'"):
         PDHGTV(lr=0.1)
-    with pytest.raises(UserError, match="expects a number"):
+    with pytest.raises(UserError, match="--tv-weight: must be a finite number >= 0 or .auto., got .abc."):
         PDHGTV(tv_weight="abc")
     with pytest.raises(UserError, match="--iterations: must be a positive integer, got 0"):
         CGLS(iterations=0)

@@ -24,6 +24,8 @@ REGISTRY: dict[str, str] = {
     "edip": "ctdip.methods.edip:EDIP",
     "edip-fe": "ctdip.methods.edip:EDIPFrozenEncoder",
     "subspace-dip": "ctdip.methods.subspace_dip:SubspaceDIP",
+    # the quality recommendation (TV-DIP with reference-free weight, presets/methods/recommended.yaml)
+    "recommended": "ctdip.methods.tv:Recommended",
 }
 ALIASES = {"hqs": "hqs-denoiser", "sg-dip": "self-guided", "fdk": "fbp"}
 

@@ -54,6 +54,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "es_delta": 0.0,
     "ema_decay": 0.99,
     "view_batch": 0,
+    "lr_schedule": "constant",
 }
 COMMON_SOURCES = {
     "lr": "tuned here for the light network on CPU (handbook: 1e-4 with the paper network), benchmarks/results/methods.md",
@@ -61,6 +62,7 @@ COMMON_SOURCES = {
     "es_window": "Wang et al. 2021 ES-WMV, W = 100",
     "es_patience": "tuned here (Wang et al. 2021 use P of the order of the window to 1000)",
     "ema_decay": "Liang et al. 2025 (self-guided DIP) output EMA",
+    "lr_schedule": "constant (cosine: decay to 5 % of lr, ctdip.engine.lr_factor)",
     "network": "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)",
     "view_batch": "0 = every view each step; K = a random subset of K views per step (handbook §5.3, ctdip/methods/_view_subsets.py)",
 }
@@ -126,6 +128,9 @@ class DIPMethod(Method, DIPModel):
             raise UserError(f"--input: must be one of {', '.join(INPUT_KINDS)}, got '{resolved['input']}'")
         resolved = check_params(resolved)
         choice(str(resolved["optimizer"]).lower(), "--set optimizer", OPTIMIZERS)
+        from ctdip.engine import LR_SCHEDULES
+
+        choice(str(resolved["lr_schedule"]), "--set lr_schedule", LR_SCHEDULES)
         super().__init__(**resolved)
         self.p = resolved
 
@@ -260,6 +265,7 @@ class DIPMethod(Method, DIPModel):
             log_every=max(1, int(self.p["log_every"])), checkpoint_every=int(self.p["checkpoint_every"] or 0),
             es_window=int(self.p["es_window"]), es_patience=int(self.p["es_patience"]),
             es_delta=float(self.p["es_delta"]), ema_decay=float(self.p["ema_decay"]),
+            lr_schedule=str(self.p["lr_schedule"]),
         )
         loss_info = {"data_fit": "||A x - y||^2 / ||y||^2", "y_norm2": self._ynorm2,
                      "image_terms": "mean over voxels", "intensity_scale": float(problem.intensity_scale),

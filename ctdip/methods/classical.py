@@ -31,8 +31,11 @@ with ``K = [A~; grad]``, ``||K||^2 <= 1 + 8`` (2D) or ``1 + 12`` (3D) and
     xb <- 2 x_new - x,  x <- x_new
 
 ``lambda`` is ``tv_weight``: dividing A and y by ||A|| makes it independent of the geometry's
-scale; the images are O(1) (the Problem's intensity scale), so one weight works across scans of
-similar noise. The default is tuned on the demo data (see ``presets/methods/pdhg-tv.yaml``).
+scale; the images are O(1) (the Problem's intensity scale). The default ``tv_weight: auto`` chooses
+lambda without a reference by K-fold cross-validation on held-out views (:mod:`ctdip.selection`):
+the same solver with a view mask M (``1/2 ||M (A~ x - y~)||^2``, all folds as one batch), the
+held-out residual of each weight of ``cv_grid``, then all views at the minimiser. A number fixes
+lambda (see ``presets/methods/pdhg-tv.yaml``).
 
 Each iteration of cgls and pdhg-tv appends a metrics row (iter, data_fit = ||A x - y||^2 / ||y||^2,
 reg = 2 lambda TV(x) / ||y~||^2 (pdhg-tv), loss = data_fit + reg, PSNR every iteration and SSIM every ``log_every`` iterations when a
@@ -229,47 +232,106 @@ class CGLS(ClassicalMethod):
             return self._iterate(problem, ctx, int(self.p["iterations"]), step, x)
 
 
+class TVSolver:
+    """Chambolle–Pock PDHG for ``min_{x>=0} 1/2 ||M (A~ x - y~)||^2 + lambda TV(x)`` (module docstring),
+    stepped one iteration at a time.
+
+    ``x0`` may carry leading batch dimensions (one problem per leading index, e.g. one per
+    cross-validation fold); ``view_mask`` (broadcastable to ``A(x0)``, entries 0/1) selects the
+    views M that enter the data term. On a masked-out view the data term is zero, so its
+    conjugate is the indicator of ``p = 0``: the dual update becomes
+    ``p <- M (p + sigma (A~ xb - y~)) / (1 + sigma)``. ``lam`` is a float or a tensor
+    broadcastable to ``x0`` (one weight per batch entry).
+    """
+
+    def __init__(self, A, y: torch.Tensor, nrm: float, lam, x0: torch.Tensor, dims: tuple[int, ...],
+                 view_mask: torch.Tensor | None = None):
+        self.A, self.nrm, self.dims, self.mask = A, float(nrm) or 1.0, dims, view_mask
+        self.yt = y / self.nrm
+        self.lam = lam
+        n_spatial = len(dims)
+        L = (1.0 + (8.0 if n_spatial == 2 else 12.0)) ** 0.5
+        self.tau = self.sigma = 0.99 / L
+        self.x = x0.clone()
+        self.xb = x0.clone()
+        self.p = torch.zeros_like(A(x0))
+        self.q = torch.zeros((n_spatial, *x0.shape), device=x0.device, dtype=x0.dtype)
+
+    def step(self) -> torch.Tensor:
+        sigma, tau = self.sigma, self.tau
+        p = (self.p + sigma * (self.A(self.xb) / self.nrm - self.yt)) / (1.0 + sigma)
+        self.p = p if self.mask is None else p * self.mask
+        qh = self.q + sigma * grad(self.xb, self.dims)
+        mag = qh.pow(2).sum(0).sqrt()
+        lam = self.lam
+        if isinstance(lam, torch.Tensor):
+            self.q = qh / torch.clamp(mag / lam.clamp_min(1e-30), min=1.0) * (lam > 0)
+        else:
+            self.q = qh / torch.clamp(mag / max(lam, 1e-30), min=1.0) if lam > 0 else torch.zeros_like(qh)
+        x_new = (self.x - tau * (self.A.T(self.p) / self.nrm + grad_adjoint(self.q, self.dims))).clamp_min(0)
+        self.xb = 2 * x_new - self.x
+        self.x = x_new
+        return x_new
+
+
+def tv_start(problem, init: str = "fbp") -> torch.Tensor:
+    """PDHG-TV's starting image: the Problem's FBP/FDK clipped at 0 (``init='fbp'``) or zero."""
+    if init == "fbp" and problem.x_init is not None:
+        return problem.x_init.clamp_min(0).reshape(problem.volume.shape).clone()
+    return torch.zeros(problem.volume.shape, device=problem.device)
+
+
+def tv_dims(problem) -> tuple[int, ...]:
+    """The axes TV differences run along: (y, x) for one slice, (z, y, x) for a volume."""
+    return (1, 2) if problem.volume.shape[0] == 1 else (0, 1, 2)
+
+
 class PDHGTV(ClassicalMethod):
-    """Isotropic-TV reconstruction with nonnegativity by Chambolle–Pock PDHG (module docstring)."""
+    """Isotropic-TV reconstruction with nonnegativity by Chambolle–Pock PDHG (module docstring).
+
+    ``tv_weight: auto`` (the preset default) chooses lambda without a reference by K-fold
+    cross-validation over held-out views (:func:`ctdip.selection.cv_tv_weight`), then
+    reconstructs from all views at the chosen weight; grid, residuals and choice go into the
+    summary (``tv_weight_choice``).
+    """
 
     name = "pdhg-tv"
-    defaults = {"iterations": 300, "tv_weight": 1e-3, "init": "fbp", "log_every": 10}
+    defaults = {"iterations": 300, "tv_weight": "auto", "init": "fbp", "log_every": 10,
+                "cv_folds": 5, "cv_grid": "1e-4:0.1:2"}
 
     def check(self, p: dict) -> None:
         super().check(p)
         if p["init"] not in ("fbp", "zero"):
             raise UserError(f"method 'pdhg-tv': init must be 'fbp' or 'zero', got '{p['init']}'")
+        if int(p["cv_folds"]) < 2:
+            raise UserError(f"method 'pdhg-tv': cv_folds must be at least 2, got {p['cv_folds']}")
+        from ctdip.selection import parse_grid
+
+        parse_grid(p["cv_grid"], "pdhg-tv")
 
     def run(self, problem, ctx: RunContext) -> MethodResult:
-        A = problem.A
-        nrm = float(problem.opnorm) or 1.0
-        yt = problem.y / nrm
-        lam = float(self.p["tv_weight"])
-        dims = (1, 2) if problem.volume.shape[0] == 1 else (0, 1, 2)
-        L = (1.0 + (8.0 if len(dims) == 2 else 12.0)) ** 0.5
-        tau = sigma = 0.99 / L
+        from ctdip.selection import cv_tv_weight, parse_grid
+
+        choice = None
+        lam = self.p["tv_weight"]
+        if lam == "auto":
+            choice = cv_tv_weight(problem, parse_grid(self.p["cv_grid"], "pdhg-tv"), folds=int(self.p["cv_folds"]),
+                                  iterations=int(self.p["iterations"]), init=str(self.p["init"]), ctx=ctx)
+            lam = choice.chosen
+        lam = float(lam)
         with torch.no_grad():
-            if self.p["init"] == "fbp" and problem.x_init is not None:
-                x = problem.x_init.clamp_min(0).reshape(problem.volume.shape).clone()
-            else:
-                x = torch.zeros(problem.volume.shape, device=problem.device)
-            st = {"x": x, "xb": x.clone(), "p": torch.zeros_like(yt),
-                  "q": torch.zeros((len(dims), *x.shape), device=x.device)}
+            x = tv_start(problem, str(self.p["init"]))
+            solver = TVSolver(problem.A, problem.y, float(problem.opnorm), lam, x, tv_dims(problem))
+            y_tilde2 = max(float(solver.yt.pow(2).sum()), 1e-30)
 
             def step(k: int):
-                xb = st["xb"]
-                Axb = A(xb) / nrm
-                st["p"] = (st["p"] + sigma * (Axb - yt)) / (1.0 + sigma)
-                qh = st["q"] + sigma * grad(xb, dims)
-                mag = qh.pow(2).sum(0).sqrt()
-                st["q"] = qh / torch.clamp(mag / max(lam, 1e-30), min=1.0) if lam > 0 else torch.zeros_like(qh)
-                x_new = (st["x"] - tau * (A.T(st["p"]) / nrm + grad_adjoint(st["q"], dims))).clamp_min(0)
-                st["xb"] = 2 * x_new - st["x"]
-                st["x"] = x_new
-                fit = float((A(x_new) - problem.y).pow(2).sum())
+                x_new = solver.step()
+                fit = float((problem.A(x_new) - problem.y).pow(2).sum())
                 # reg in the units of data_fit: loss = data_fit + reg = 2 * objective / ||y~||^2
-                return x_new, fit, 2 * lam * tv(x_new, dims) / max(float(yt.pow(2).sum()), 1e-30)
+                return x_new, fit, 2 * lam * tv(x_new, solver.dims) / y_tilde2
 
             res = self._iterate(problem, ctx, int(self.p["iterations"]), step, x)
         res.summary["tv_weight"] = lam
+        if choice is not None:
+            res.summary["tv_weight_choice"] = choice.as_dict()
         return res

@@ -6,20 +6,71 @@
 
 ``lambda`` is ``tv_weight``. The TV term removes the late-iteration noise that vanilla DIP fits,
 so the final iterate stays close to the peak.
+
+``tv_weight: auto`` chooses lambda without a reference: K-fold held-out-view cross-validation of
+the convex PDHG-TV weight (:func:`ctdip.selection.cv_tv_weight`), carried over to this loss by
+:func:`ctdip.selection.dip_tv_weight` times ``tv_factor`` (the network regularises too, so it wants
+less TV than TV alone). ``output`` picks the returned image: the final iterate or the output EMA.
+
+**recommended** (``--method recommended``) is this method with the preset chosen on the tuning
+slices for quality per CPU-minute (``presets/methods/recommended.yaml``).
 """
 
 from __future__ import annotations
 
 from ctdip.engine import StepOut
+from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
+
+OUTPUTS = ("final", "ema")
 
 
 class TVDIP(DIPMethod):
     name = "tv"
-    extra_defaults = {"tv_weight": 0.02}
+    extra_defaults = {"tv_weight": 0.02, "tv_factor": 1.0, "output": "final", "cv_folds": 5,
+                      "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
+
+    def __init__(self, **params):
+        super().__init__(**params)  # tv_weight: a number >= 0 or "auto" (ctdip.validate)
+        from ctdip.selection import parse_grid
+
+        if self.p["output"] not in OUTPUTS:
+            raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{self.p['output']}'")
+        parse_grid(self.p["cv_grid"], self.name)
+        self.choice = None
+
+    def setup(self, problem, gen) -> None:
+        self.weight = self.p["tv_weight"]
+        if self.weight == "auto":
+            from ctdip.selection import cv_tv_weight, dip_tv_weight, parse_grid
+
+            self.choice = cv_tv_weight(problem, parse_grid(self.p["cv_grid"], self.name),
+                                       folds=int(self.p["cv_folds"]), iterations=int(self.p["cv_iterations"]),
+                                       ctx=getattr(self, "ctx", None))
+            self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.p["tv_factor"]))
+            self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.p["tv_factor"]),
+                                     dip_tv_weight=self.weight)
+        self.weight = float(self.weight)
 
     def objective(self, it, gen):
         x = self.network(self.z)
         fit = self.data_fit(x)
-        reg = float(self.p["tv_weight"]) * self.tv(x)
+        reg = self.weight * self.tv(x)
         return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
+
+    def choose_result(self, res):
+        if self.p["output"] == "ema" and "ema" in res.picks:
+            return res.picks["ema"]
+        return res.image
+
+    def extra_summary(self) -> dict:
+        out = {"tv_weight": self.weight, "output": self.p["output"]}
+        if self.choice is not None:
+            out["tv_weight_choice"] = self.choice.as_dict()
+        return out
+
+
+class Recommended(TVDIP):
+    """TV-DIP with a CV-chosen weight, FBP input, cosine learning rate and EMA output."""
+
+    name = "recommended"
