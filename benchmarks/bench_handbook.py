@@ -118,27 +118,34 @@ def trajectory(scan, work: Path, steps: int, every: int, batch: int) -> tuple[Pa
     return out, wall
 
 
-def step_costs(quick: bool) -> dict:
-    """Seconds per vanilla step with K of n views: 2D walnut (matrix) and 3D cone walnut (torch)."""
+def cone_problem(n3: int, views: int = 60):
+    """A noise-free n3³ cone-beam walnut (torch backend): the 3D case where the operator dominates."""
     from ctdip.data import Scan
     from ctdip.data.phantoms import walnut
     from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.operators import RayTransform
+    from ctdip.problem import Problem
+
+    g3 = ProjectionGeometry.circular("cone", np.linspace(0, 2 * np.pi, views, endpoint=False), det_cols=int(1.5 * n3),
+                                     det_rows=int(1.5 * n3), pixel_mm=1.0, source_origin_mm=4.0 * n3,
+                                     source_detector_mm=6.0 * n3)
+    v3 = VolumeGeometry.fov(g3, n3, n3)
+    ref = walnut((n3, n3, n3), seed=0).astype(np.float32)
+    y3 = RayTransform(g3, v3, backend="torch")(torch.as_tensor(ref)).numpy()
+    return Problem.from_scan(Scan(projections=y3, geometry=g3, volume=v3, reference=ref), backend="torch")
+
+
+def step_costs(quick: bool) -> dict:
+    """Seconds per vanilla step with K of n views: 2D walnut (matrix) and 3D cone walnut (torch)."""
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.operators import RayTransform
     from ctdip.problem import Problem
 
     out = {}
     n_it2, n_it3 = (5, 3) if quick else (40, 10)
     p2 = Problem.from_scan(walnut_scan(30, n=64 if quick else 128), backend="matrix")
     n3 = 16 if quick else 24
-    g3 = ProjectionGeometry.circular("cone", np.linspace(0, 2 * np.pi, 60, endpoint=False), det_cols=int(1.5 * n3),
-                                     det_rows=int(1.5 * n3), pixel_mm=1.0, source_origin_mm=4.0 * n3,
-                                     source_detector_mm=6.0 * n3)
-    v3 = VolumeGeometry.fov(g3, n3, n3)
-    ref = walnut((n3, n3, n3), seed=0).astype(np.float32)
-    y3 = RayTransform(g3, v3, backend="torch")(torch.as_tensor(ref)).numpy()
-    p3 = Problem.from_scan(Scan(projections=y3, geometry=g3, volume=v3, reference=ref), backend="torch")
+    p3 = cone_problem(n3)
     cases = [("2D 128² walnut, 30 views, matrix, light U-Net", p2, "light", 30),
              ("2D 128² walnut, 30 views, matrix, deep decoder", p2, "deep-decoder", 30),
              (f"3D {n3}³ cone walnut, 60 views, torch, deep decoder", p3, "deep-decoder", 60)]
