@@ -246,7 +246,7 @@ def train_denoiser(
     out = Path(out)
     ckdir = checkpoint_dir(out)
     arch = drunet_arch(cfg.size, dim=2)
-    spec = {"sources": list(cfg.sources), "volumes": [str(v) for v in cfg.volumes], "patch": cfg.patch,
+    spec = {"sources": list(cfg.sources), "volumes": [Path(v).name for v in cfg.volumes], "patch": cfg.patch,
             "sigma_range": [cfg.sigma_min, cfg.sigma_max], "noise": cfg.noise, "loss": "l1",
             "intensity": "O(1): ellipses in [0,1], walnut / max, volumes / q99.9",
             "batch_size": cfg.batch_size, "steps": cfg.steps, "lr": cfg.lr, "schedule": "one-cycle",

@@ -146,3 +146,10 @@ def test_npy_volumes_mixed_noise_and_training_metadata(tmp_path, one_thread):
     assert lag1[:4].min() > 0.3 and lag1[4:].abs().max() < 0.1, lag1
     with pytest.raises(Exception, match="unknown --noise"):
         DenoiserConfig(noise="pink").validate()
+
+
+def test_recorded_command_line_is_quoted_and_has_no_local_paths():
+    from ctdip.cli.pretrain import _command_line
+
+    argv = ["pretrain", "denoiser", "-o", "/a/b/d.pt", "--volume", "/x/v.npy", "--note", "z 30/50 a.b", "--resume"]
+    assert _command_line(argv) == "ctdip pretrain denoiser -o d.pt --volume v.npy --note 'z 30/50 a.b'"

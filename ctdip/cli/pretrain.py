@@ -186,14 +186,17 @@ def pretrain_command(
           f"checkpoints and log.csv in {checkpoint_dir(output)}", quiet)
 
 
-def _command_line() -> str:
-    """This invocation as ``ctdip pretrain denoiser ...`` (file arguments by name only), less --resume."""
-    args = [a for a in sys.argv[1:] if a != "--resume"]
-    out = []
-    for a in args:
-        p = Path(a)
-        out.append(p.name if (p.is_absolute() or len(p.parts) > 1) and p.suffix else a)
-    return " ".join(["ctdip", *out])
+def _command_line(argv: list[str] | None = None) -> str:
+    """This invocation as a shell-quoted ``ctdip pretrain denoiser ...`` line, less ``--resume``,
+    with the files after ``-o`` / ``--output`` / ``--volume`` by name only (no local paths)."""
+    import shlex
+
+    out, prev = [], None
+    for a in (sys.argv[1:] if argv is None else argv):
+        if a != "--resume":
+            out.append(Path(a).name if prev in ("-o", "--output", "--volume") else a)
+        prev = a
+    return shlex.join(["ctdip", *out])
 
 
 def denoiser_command(
