@@ -25,7 +25,7 @@ from ctdip.methods._splitting import make_denoiser
 
 class ADMM(DIPMethod):
     name = "admm"
-    extra_defaults = {"denoiser": "learned", "sigma": 0.2, "rho": 0.5, "inner": 5}
+    extra_defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "inner": 5}
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)

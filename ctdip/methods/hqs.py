@@ -27,7 +27,7 @@ from ctdip.methods._splitting import make_denoiser
 
 class HQSDenoiser(DIPMethod):
     name = "hqs-denoiser"
-    extra_defaults = {"denoiser": "learned", "lam": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "inner": 5}
+    extra_defaults = {"denoiser": "learned", "lam": 0.005, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "inner": 5}
     #: the parameter holding the number of theta-steps between u-steps
     u_every_param = "inner"
 

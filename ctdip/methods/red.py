@@ -29,7 +29,7 @@ from ctdip.methods._splitting import make_denoiser
 
 class RED(DIPMethod):
     name = "red"
-    extra_defaults = {"denoiser": "learned", "sigma": 0.2, "lam": 0.5, "mu": 0.5, "inner": 5}
+    extra_defaults = {"denoiser": "learned", "sigma": 0.05, "lam": 0.5, "mu": 0.5, "inner": 5}
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
