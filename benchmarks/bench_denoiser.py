@@ -138,7 +138,7 @@ wins on CT (27.27, +0.6 over the TV prox) but collapses on the walnut after iter
 0.2 is best on the walnut (21.77) and worst on CT (24.36). `hqs-denoiser`: learned, lam 0.005 (sigma_k from 0.1
 down): 20.21 vs 19.91 dB with the TV prox at 2000 iterations on the walnut; not run on CT. `red`: learned, sigma
 0.05: 18.29 vs 17.84 dB at 2000 iterations on the walnut, both far below their peaks (about 20 dB at 600-900
-iterations); not run on CT. Benchmark slice 60 was not run (out of CPU time)."""
+iterations); not run on CT. Benchmark slice 60 (30 views): admm with the default, once, reported below, not used to tune."""
 
 
 def fmt(v, nd=2):
