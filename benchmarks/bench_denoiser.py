@@ -134,7 +134,7 @@ def stage_runs(obj: str, views: int, methods: list[str], sets: list[str], label:
 
 DEFAULTS = """**Defaults chosen from these runs.** `admm`: learned, sigma 0.1 — on the walnut at 2000 iterations
 21.66 dB vs 20.08 with the TV prox (+1.6), but on CT z=50 at 1000 iterations 25.59 vs 26.63 (-1.0); sigma 0.05
-wins on CT (27.27, +0.6 over the TV prox) but collapses on the walnut after iteration 1232 (returned 17.39), sigma
+wins on CT (27.27, +0.6 over the TV prox; 29.06 vs 24.73 (peak 27.78 at 1749) at 2000 iterations) but collapses on the walnut after iteration 1232 (returned 17.39), sigma
 0.2 is best on the walnut (21.77) and worst on CT (24.36). `hqs-denoiser`: learned, lam 0.005 (sigma_k from 0.1
 down): 20.21 vs 19.91 dB with the TV prox at 2000 iterations on the walnut; not run on CT. `red`: learned, sigma
 0.05: 18.29 vs 17.84 dB at 2000 iterations on the walnut, both far below their peaks (about 20 dB at 600-900
