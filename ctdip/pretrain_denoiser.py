@@ -7,10 +7,14 @@ The denoiser is what ``admm``, ``hqs`` and ``red`` plug in with ``--denoiser den
   sample from the chosen sources: random ellipses (``random_ellipses``, already in [0, 1]),
   procedural walnut slices (``walnut(shape, seed)``, divided by their maximum; random crops,
   flips and 90° rotations of a pool rendered at twice the patch size) and optional user volumes
-  (TIFF stacks, each divided by its 99.9th percentile like ``Problem`` scales real data; random
-  slices and crops).
-* **Noise** ``x_noisy = x + sigma * n``, ``n ~ N(0, I)``, ``sigma ~ U(sigma_min, sigma_max)`` per
-  sample, the level fed to the network as a constant input map.
+  (TIFF stacks or ``.npy`` arrays, each divided by its 99.9th percentile like ``Problem`` scales
+  real data; random slices and crops).
+* **Noise** ``x_noisy = x + sigma * n``, ``sigma ~ U(sigma_min, sigma_max)`` per sample, the level
+  fed to the network as a constant input map. ``noise="gaussian"``: ``n ~ N(0, I)``.
+  ``noise="mixed"``: half of each batch gets white noise, the other half spatially correlated
+  noise ``n = (g_s * e) / std(g_s * e)``, ``e ~ N(0, I)`` blurred by a Gaussian ``g_s`` of width
+  ``s ~ U(0.5, 2)`` pixels and rescaled to unit standard deviation per image, a cheap stand-in for
+  the streaks and blotches of a sparse-view iterate that ADMM / HQS / RED hand to the denoiser.
 * **Loss** ``L(theta) = mean | D_theta(x_noisy, sigma) - x |`` (L1, as DRUNet), Adam with the
   one-cycle schedule of :mod:`ctdip.pretrain`, mini-batches generated on the training device.
 * **Validation** every ``val_every`` steps on a fixed set (Shepp–Logan, a walnut slice, ellipses)
@@ -36,10 +40,10 @@ import torch.nn.functional as F
 from ctdip.errors import UserError
 from ctdip.pretrain import (Progress, _generator, _load_training_state, _one_cycle, _optimiser_step,
                             _save_training_state, checkpoint_dir)
-from ctdip.runs import atomic_write_bytes
 
 VAL_SIGMAS = (0.05, 0.1, 0.2)
 SOURCES = ("ellipses", "walnut", "volumes")
+NOISES = ("gaussian", "mixed")
 
 
 @dataclass
@@ -51,6 +55,7 @@ class DenoiserConfig:
     lr: float = 1e-3
     sigma_min: float = 0.0
     sigma_max: float = 0.2
+    noise: str = "gaussian"  # gaussian | mixed (module docstring)
     sources: tuple[str, ...] = ("ellipses", "walnut")
     volumes: list[str] = field(default_factory=list)
     n_walnuts: int = 8
@@ -58,9 +63,12 @@ class DenoiserConfig:
     val_every: int = 100
     checkpoint_every: int = 500
     seed: int = 0
+    #: free-text provenance (the command line, what the volumes are) stored in the file's metadata
+    command: str = ""
+    note: str = ""
 
     def validate(self) -> None:
-        from ctdip.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Rule
+        from ctdip.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Rule, choice
 
         for opt, name, rule in (("--steps", "steps", POSITIVE_INT), ("--batch-size", "batch_size", POSITIVE_INT),
                                 ("--lr", "lr", LEARNING_RATE),
@@ -71,28 +79,31 @@ class DenoiserConfig:
             setattr(self, name, rule(getattr(self, name), opt))
         if self.sigma_min > self.sigma_max:
             raise UserError(f"--sigma-min: must be <= --sigma-max ({self.sigma_max:g}), got {self.sigma_min:g}")
+        choice(self.noise, "--noise", NOISES)
         bad = [s for s in self.sources if s not in SOURCES]
         if bad:
             raise UserError(f"unknown image source '{bad[0]}'; choose from: {', '.join(SOURCES)}")
         if self.volumes and "volumes" not in self.sources:
             self.sources = tuple(self.sources) + ("volumes",)
         if "volumes" in self.sources and not self.volumes:
-            raise UserError("the 'volumes' source needs at least one --volume FILE.tif")
+            raise UserError("the 'volumes' source needs at least one --volume FILE (.tif or .npy)")
         if not self.sources:
             raise UserError("no image sources selected")
 
 
 def _read_volume(path: str | Path, patch: int) -> torch.Tensor:
-    """A user volume as (slices, H, W) float32 divided by its 99.9th percentile."""
+    """A user volume (TIFF or ``.npy``) as (slices, H, W) float32 divided by its 99.9th percentile."""
     import tifffile
 
     path = Path(path)
     if not path.exists():
         raise UserError("volume file not found", path=path)
+    npy = path.suffix.lower() == ".npy"
     try:
-        vol = np.asarray(tifffile.imread(path), dtype=np.float32)
+        raw = np.load(path, allow_pickle=False) if npy else tifffile.imread(path)
+        vol = np.asarray(raw, dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - unreadable file is the user's input problem
-        raise UserError(f"cannot read TIFF ({type(e).__name__})", path=path) from None
+        raise UserError(f"cannot read {'.npy array' if npy else 'TIFF'} ({type(e).__name__})", path=path) from None
     if vol.ndim == 2:
         vol = vol[None]
     if vol.ndim != 3:
@@ -160,6 +171,33 @@ class ImageSampler:
         return out.unsqueeze(1)
 
 
+def training_noise(shape: tuple[int, ...], kind: str, g: torch.Generator,
+                   device: torch.device) -> torch.Tensor:
+    """Unit-variance training noise (N, 1, H, W): white, or for ``mixed`` half of it correlated
+    (module docstring). Drawn with ``g`` so a resumed run continues the same sequence."""
+    n = torch.randn(shape, generator=g, device=g.device).to(device)
+    if kind != "mixed":
+        return n
+    half = shape[0] // 2
+    widths = 0.5 + 1.5 * torch.rand(half, generator=g, device=g.device).cpu()
+    for k in range(half):
+        s = float(widths[k])
+        r = int(math.ceil(3 * s))
+        t = torch.arange(-r, r + 1, dtype=n.dtype, device=device)
+        ker = torch.exp(-0.5 * (t / s) ** 2)
+        ker = ker / ker.sum()
+        e = F.pad(n[k:k + 1], (r, r, r, r), mode="circular")
+        e = F.conv2d(e, ker.reshape(1, 1, 1, -1))
+        e = F.conv2d(e, ker.reshape(1, 1, -1, 1))
+        n[k] = (e / e.std().clamp_min(1e-12))[0]
+    return n
+
+
+def psnr_gains(val: dict) -> dict[str, float]:
+    """``{sigma: 10 log10(mse_noisy / mse_denoised)}`` (dB) from :func:`evaluate_denoiser` output."""
+    return {f"{s:g}": round(10 * math.log10(mn / max(md, 1e-30)), 3) for s, (mn, md) in val.items()}
+
+
 def validation_set(cfg: DenoiserConfig, device: torch.device) -> torch.Tensor:
     """Fixed clean validation images (N, 1, patch, patch): Shepp–Logan, a walnut, 6 ellipse images."""
     from ctdip.data.phantoms import random_ellipses, shepp_logan, walnut
@@ -211,8 +249,8 @@ def train_denoiser(
     out = Path(out)
     ckdir = checkpoint_dir(out)
     arch = drunet_arch(cfg.size, dim=2)
-    spec = {"sources": list(cfg.sources), "volumes": [str(v) for v in cfg.volumes], "patch": cfg.patch,
-            "sigma_range": [cfg.sigma_min, cfg.sigma_max], "noise": "gaussian", "loss": "l1",
+    spec = {"sources": list(cfg.sources), "volumes": [Path(v).name for v in cfg.volumes], "patch": cfg.patch,
+            "sigma_range": [cfg.sigma_min, cfg.sigma_max], "noise": cfg.noise, "loss": "l1",
             "intensity": "O(1): ellipses in [0,1], walnut / max, volumes / q99.9",
             "batch_size": cfg.batch_size, "steps": cfg.steps, "lr": cfg.lr, "schedule": "one-cycle",
             "seed": cfg.seed}
@@ -259,7 +297,7 @@ def train_denoiser(
         clean = sampler.sample(cfg.batch_size, g)
         sig = cfg.sigma_min + (cfg.sigma_max - cfg.sigma_min) * torch.rand(cfg.batch_size, generator=g,
                                                                            device=g.device).to(dev)
-        noisy = clean + sig.reshape(-1, 1, 1, 1) * torch.randn(clean.shape, generator=g, device=g.device).to(dev)
+        noisy = clean + sig.reshape(-1, 1, 1, 1) * training_noise(tuple(clean.shape), cfg.noise, g, dev)
         loss = torch.mean(torch.abs(net(noisy, sig) - clean))
         _optimiser_step(opt, sched, loss)
         if dev.type == "cuda":
@@ -288,7 +326,28 @@ def train_denoiser(
     save("last.pt", "last")
     save_state()
     src = ckdir / "best.pt" if (ckdir / "best.pt").exists() else ckdir / "last.pt"
-    atomic_write_bytes(out, src.read_bytes())
-    final = W.build_from_weights(W.load_weights(out, kind="denoiser"), out).to(dev)
-    return {"path": out, "history": history, "best_step": best["step"], "val": evaluate_denoiser(final, val),
+    chosen = W.load_weights(src, kind="denoiser")
+    final = W.build_from_weights(chosen, src).to(dev)
+    final_val = evaluate_denoiser(final, val)
+    extra = dict(chosen.get("extra") or {})
+    extra["training"] = {
+        "command": cfg.command, "note": cfg.note,
+        "volumes": [_volume_record(v) for v in cfg.volumes],
+        "walnut_seeds": [1000 + k for k in range(cfg.n_walnuts)] if "walnut" in cfg.sources else [],
+        "steps": cfg.steps, "best_step": best["step"], "samples": samples, "train_s": round(busy_s, 1),
+        "validation": "Shepp-Logan, walnut seed 999, 6 ellipse images at the training patch size",
+        "validation_psnr_gain_db": psnr_gains(final_val),
+    }
+    W.save_weights(out, chosen["state_dict"], chosen["arch"], kind="denoiser", data_spec=chosen["data_spec"],
+                   extra=extra)
+    return {"path": out, "history": history, "best_step": best["step"], "val": final_val,
             "samples_per_s": samples / max(busy_s, 1e-9), "wall_s": busy_s}
+
+
+def _volume_record(path: str | Path) -> dict:
+    """Name, shape and SHA-256 (first 16 hex digits) of a training volume, for the metadata."""
+    import hashlib
+
+    p = Path(path)
+    shape = list(np.load(p, mmap_mode="r", allow_pickle=False).shape) if p.suffix.lower() == ".npy" else None
+    return {"name": p.name, "shape": shape, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()[:16]}

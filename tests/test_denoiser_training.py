@@ -119,3 +119,37 @@ def test_cli_denoiser_and_errors(run_cli, tmp_path, capsys):
     assert "missing.tif" in err and "not found" in err and "Traceback" not in err
     assert run_cli("pretrain", "denoiser", "-o", out, "--size", "huge", "-q") == 2
     assert "unknown denoiser size" in capsys.readouterr().err
+
+
+def test_npy_volumes_mixed_noise_and_training_metadata(tmp_path, one_thread):
+    from ctdip.data.phantoms import walnut
+    from ctdip.pretrain_denoiser import training_noise
+
+    vol = np.stack([walnut((40, 40), seed=s) for s in (5, 6)]).astype(np.float32)
+    np.save(tmp_path / "vol.npy", 3.0 * vol)
+    cfg = DenoiserConfig(size="tiny", patch=24, batch_size=4, steps=3, val_every=0, checkpoint_every=0,
+                         sources=("walnut", "volumes"), volumes=[str(tmp_path / "vol.npy")], noise="mixed",
+                         n_walnuts=2, command="ctdip pretrain denoiser -o d.pt", note="two walnuts")
+    res = train_denoiser(tmp_path / "d.pt", cfg)
+    obj = torch.load(res["path"], weights_only=True)
+    tr = obj["extra"]["training"]
+    assert obj["data_spec"]["noise"] == "mixed" and tr["command"] == "ctdip pretrain denoiser -o d.pt"
+    assert tr["volumes"][0]["name"] == "vol.npy" and tr["volumes"][0]["shape"] == [2, 40, 40]
+    assert tr["walnut_seeds"] == [1000, 1001] and tr["steps"] == 3 and tr["note"] == "two walnuts"
+    gains = tr["validation_psnr_gain_db"]
+    for s, (mn, md) in res["val"].items():
+        assert abs(gains[f"{s:g}"] - 10 * np.log10(mn / md)) < 1e-3
+    # mixed noise: unit variance, correlated (neighbours alike) in the first half, white in the second
+    n = training_noise((8, 1, 64, 64), "mixed", torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert torch.allclose(n.flatten(1).std(1), torch.ones(8), atol=0.05)
+    lag1 = (n[..., 1:] * n[..., :-1]).flatten(1).mean(1)
+    assert lag1[:4].min() > 0.3 and lag1[4:].abs().max() < 0.1, lag1
+    with pytest.raises(Exception, match="unknown --noise"):
+        DenoiserConfig(noise="pink").validate()
+
+
+def test_recorded_command_line_is_quoted_and_has_no_local_paths():
+    from ctdip.cli.pretrain import _command_line
+
+    argv = ["pretrain", "denoiser", "-o", "/a/b/d.pt", "--volume", "/x/v.npy", "--note", "z 30/50 a.b", "--resume"]
+    assert _command_line(argv) == "ctdip pretrain denoiser -o d.pt --volume v.npy --note 'z 30/50 a.b'"

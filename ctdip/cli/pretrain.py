@@ -7,6 +7,7 @@ and shows a rich progress bar with samples/s.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -192,6 +193,19 @@ def pretrain_command(
           f"checkpoints and log.csv in {checkpoint_dir(output)}", quiet)
 
 
+def _command_line(argv: list[str] | None = None) -> str:
+    """This invocation as a shell-quoted ``ctdip pretrain denoiser ...`` line, less ``--resume``,
+    with the files after ``-o`` / ``--output`` / ``--volume`` by name only (no local paths)."""
+    import shlex
+
+    out, prev = [], None
+    for a in (sys.argv[1:] if argv is None else argv):
+        if a != "--resume":
+            out.append(Path(a).name if prev in ("-o", "--output", "--volume") else a)
+        prev = a
+    return shlex.join(["ctdip", *out])
+
+
 def denoiser_command(
     output: Path = typer.Option(..., "-o", "--output", help="Denoiser weights file to write (.pt)."),
     size: str = typer.Option("small", "--size", help="DRUNet size: tiny, small or base."),
@@ -201,8 +215,11 @@ def denoiser_command(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate of the one-cycle schedule."),
     sigma_min: float = typer.Option(0.0, "--sigma-min", help="Smallest training noise level (O(1) images)."),
     sigma_max: float = typer.Option(0.2, "--sigma-max", help="Largest training noise level."),
+    noise: str = typer.Option("gaussian", "--noise",
+                              help="Training noise: gaussian (white) or mixed (half white, half spatially correlated)."),
     source: list[str] = typer.Option(["ellipses", "walnut"], "--source", help="Image source(s): ellipses, walnut, volumes."),
-    volume: list[Path] = typer.Option([], "--volume", help="User volume TIFF(s) to train on (repeatable)."),
+    volume: list[Path] = typer.Option([], "--volume", help="User volume(s) to train on, TIFF or .npy (repeatable)."),
+    note: str = typer.Option("", "--note", help="Provenance text stored in the weights' metadata."),
     val_every: int = typer.Option(100, "--val-every", help="Validate every N steps."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Periodic checkpoint every N steps (0: off)."),
     seed: int = typer.Option(0, "--seed", help="Seed of network init and data."),
@@ -217,8 +234,9 @@ def denoiser_command(
     check_output_path(output, "file")
 
     cfg = DenoiserConfig(size=size, patch=patch, batch_size=batch_size, steps=steps, lr=lr, sigma_min=sigma_min,
-                         sigma_max=sigma_max, sources=tuple(source), volumes=[str(v) for v in volume],
-                         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed)
+                         sigma_max=sigma_max, noise=noise, sources=tuple(source), volumes=[str(v) for v in volume],
+                         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed,
+                         command=_command_line(), note=note)
     cfg.validate()
     from ctdip.networks.drunet import drunet_arch
 
@@ -228,7 +246,8 @@ def denoiser_command(
           f"[{sigma_min:g}, {sigma_max:g}]) on {dev}: {steps} steps x {batch_size}", quiet)
     with _Bar(steps, "denoiser", "val_loss", "val MSE {:.2e}", quiet) as bar:
         res = train_denoiser(output, cfg, device=dev, resume=resume, progress=bar, log=lambda m: _echo(m, quiet))
-    parts = [f"sigma {s:g}: MSE {mn:.2e} -> {md:.2e}" for s, (mn, md) in res["val"].items()]
+    parts = [f"sigma {s:g}: MSE {mn:.2e} -> {md:.2e} ({10 * math.log10(mn / md):+.2f} dB)"
+             for s, (mn, md) in res["val"].items()]
     _echo(f"wrote {res['path']} (best step {res['best_step']}); validation " + "; ".join(parts)
           + f"; {res['samples_per_s']:.0f} samples/s; checkpoints in {checkpoint_dir(output)}", quiet)
 

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         network: Optional[str] = NETWORK,
         tv_weight: Optional[float] = TV_WEIGHT,
         weights: Optional[Path] = WEIGHTS,
-        denoiser: Optional[str] = typer.Option(None, "--denoiser", metavar="FILE|tv|bm3d", help="Denoiser: FILE, tv or bm3d."),
+        denoiser: Optional[str] = typer.Option(None, "--denoiser", metavar="NAME|FILE", help="Denoiser of admm/hqs/red: learned (shipped DRUNet), tv, bm3d or FILE."),
         force: Optional[bool] = typer.Option(None, "--force", help="Method param 'force' (e.g. accept mismatched weights)."),
         set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
         seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (default 0)."),

@@ -7,7 +7,7 @@ from ctdip.networks.denoisers import Denoiser, load_denoiser
 
 
 def make_denoiser(method) -> Denoiser:
-    """The denoiser named by the method's ``denoiser`` parameter (``tv``, ``bm3d`` or a file)."""
+    """The denoiser named by the method's ``denoiser`` parameter (``learned``, ``tv``, ``bm3d`` or a file)."""
     spec = method.p.get("denoiser") or "tv"
     try:
         return load_denoiser(str(spec), device=method.problem.device)

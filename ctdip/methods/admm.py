@@ -8,8 +8,9 @@ Splitting x = f_theta(z) = u with a scaled dual w (objective terms are means ove
     every ``inner`` iterations:    u <- D(x + w, sigma)          (x = f_theta(z), the current iterate)
                                    w <- w + x - u
 
-``D(x, sigma)`` is the denoiser (``denoiser``: ``tv`` = prox_{sigma^2 TV}, ``bm3d``, or a trained
-CNN weight file), ``sigma`` its strength in the image's scaled units (images O(1)).
+``D(x, sigma)`` is the denoiser (``denoiser``: ``learned`` = the DRUNet shipped with ctdip, the
+default; ``tv`` = prox_{sigma^2 TV}; ``bm3d``; or a trained CNN weight file), ``sigma`` its strength
+in the image's scaled units (images O(1); for a CNN the Gaussian noise level it removes).
 u starts at the network's initial output, w at 0.
 """
 
@@ -24,7 +25,7 @@ from ctdip.methods._splitting import make_denoiser
 
 class ADMM(DIPMethod):
     name = "admm"
-    extra_defaults = {"denoiser": "tv", "sigma": 0.2, "rho": 0.5, "inner": 5}
+    extra_defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "inner": 5}
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)

@@ -9,7 +9,7 @@ With an increasing coupling mu_k and the denoiser strength tied to it, sigma_k =
     every ``inner`` iterations:    u <- D(x, sigma_k),  sigma_k = sqrt(lambda / mu_k)
                                    mu_{k+1} = min(mu_growth mu_k, mu_max)
 
-``D`` as in ``admm`` (``tv``, ``bm3d`` or a CNN weight file). With ``denoiser: tv`` this is tv-hqs
+``D`` as in ``admm`` (``learned`` by default, ``tv``, ``bm3d`` or a CNN weight file). With ``denoiser: tv`` this is tv-hqs
 with D = prox_{sigma^2 TV}; ``tv-hqs`` (ctdip.methods.tv_hqs) is this class with the TV prox
 as its u-step.
 """
@@ -27,7 +27,7 @@ from ctdip.methods._splitting import make_denoiser
 
 class HQSDenoiser(DIPMethod):
     name = "hqs-denoiser"
-    extra_defaults = {"denoiser": "tv", "lam": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "inner": 5}
+    extra_defaults = {"denoiser": "learned", "lam": 0.005, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "inner": 5}
     #: the parameter holding the number of theta-steps between u-steps
     u_every_param = "inner"
 

@@ -12,7 +12,8 @@ x = f_theta(z) ~ u, penalised by mu/2 mean (x - u)^2. RED's gradient is ``lambda
                                    t_new = (1 + sqrt(1 + 4 t^2)) / 2
                                    v = u_new + (t - 1)/t_new (u_new - u);  u = u_new;  t = t_new
 
-``D`` as in ``admm`` (``tv``, ``bm3d`` or a CNN weight file) with fixed strength ``sigma``.
+``D`` as in ``admm`` (``learned`` by default, ``tv``, ``bm3d`` or a CNN weight file) with fixed
+strength ``sigma``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ctdip.methods._splitting import make_denoiser
 
 class RED(DIPMethod):
     name = "red"
-    extra_defaults = {"denoiser": "tv", "sigma": 0.2, "lam": 0.5, "mu": 0.5, "inner": 5}
+    extra_defaults = {"denoiser": "learned", "sigma": 0.05, "lam": 0.5, "mu": 0.5, "inner": 5}
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
