@@ -144,7 +144,7 @@ def test_npy_volumes_mixed_noise_and_training_metadata(tmp_path, one_thread):
     assert torch.allclose(n.flatten(1).std(1), torch.ones(8), atol=0.05)
     lag1 = (n[..., 1:] * n[..., :-1]).flatten(1).mean(1)
     assert lag1[:4].min() > 0.3 and lag1[4:].abs().max() < 0.1, lag1
-    with pytest.raises(Exception, match="unknown --noise"):
+    with pytest.raises(Exception, match="--noise: must be one of gaussian, mixed, got 'pink'"):
         DenoiserConfig(noise="pink").validate()
 
 

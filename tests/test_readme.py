@@ -49,6 +49,9 @@ DIP_METHODS = ("vanilla", "tv", "tv-hqs", "admm", "hqs", "hqs-denoiser", "red", 
 SKIPPED: dict[str, str] = {
     "ctdip batch": "needs a folder of specimens (examples/batch_specimens.sh makes them); tests/test_batch.py "
                    "runs batches",
+    "--volume ct_train_slices.npy": "the recorded training command of the shipped denoiser: its head-CT "
+                                    "training slices are not part of ctdip; tests/test_denoiser_training.py "
+                                    "trains on .npy volumes",
     "--method edip -o": "pretrains its 300-step warm start first (about a minute on 2 cores); "
                         "tests/test_pretrain.py covers the cache",
 }
