@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctdip.errors import UserError
+
 
 def holdout_indices(n_views: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Split ``n_views`` into (fit, held) view indices; held views are spread evenly over the scan."""
@@ -59,6 +61,16 @@ class Problem:
         holdout: float = 0.0,
         fbp_filter: str = "ram-lak",
     ) -> "Problem":
+        try:
+            return cls._from_scan(scan, backend, device, intensity_scale, holdout, fbp_filter)
+        except UserError as e:  # e.g. FBP refusing a short scan: name the scan's geometry file
+            where = (getattr(scan, "info", None) or {}).get("geometry_file") or getattr(scan, "source", None)
+            if e.path is None and where is not None:
+                raise UserError(e.message, path=where) from None
+            raise
+
+    @classmethod
+    def _from_scan(cls, scan, backend, device, intensity_scale, holdout, fbp_filter) -> "Problem":
         from ctdip.operators import RayTransform, fbp
 
         device = torch.device(device)

@@ -372,13 +372,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     _check_run_folder(run_path, resume)
 
     _seed_all(int(seed))
-    try:
-        problem = Problem.from_scan(scan, backend=backend, device=dev, holdout=float(holdout))
-    except UserError as e:  # e.g. FBP refusing a short scan: name the scan's geometry file
-        where = (scan.info or {}).get("geometry_file") or scan.source
-        if e.path is None and where is not None:
-            raise UserError(e.message, path=where) from None
-        raise
+    problem = Problem.from_scan(scan, backend=backend, device=dev, holdout=float(holdout))
     geom = problem.A.geometry
     m.preflight(problem)  # network, weights, denoiser: fail before the run folder exists
     for w in (scan.info or {}).get("warnings", []):  # after the checks: a failed start prints one line

@@ -414,3 +414,18 @@ def test_a_diverging_loss_names_lr_and_leaves_nothing(scans, tmp_path, monkeypat
     _expect_error(tmp_path, monkeypatch, capsys,
                   ["reconstruct", scans["li"], "-m", "vanilla", "--network", "tiny", "-n", "3", "-o", "r"],
                   ["--lr", "the loss became nan at iteration 1"])
+
+
+def test_problem_names_the_geometry_file_of_a_short_scan(scans, tmp_path):
+    """Every caller of Problem.from_scan (reconstruct, spectrum) gets the file named, not only the CLI."""
+    from ctdip.data.loader import load_scan
+    from ctdip.errors import UserError
+    from ctdip.problem import Problem
+
+    d = shutil.copytree(scans["li"], tmp_path / "s")
+    _geo(["angles", "stop_deg"], 150.0)(d)
+    sc = load_scan(d, print_warnings=False)
+    with pytest.raises(UserError) as e:
+        Problem.from_scan(sc)
+    assert e.value.path is not None and Path(e.value.path).name == "geometry.yaml"
+    assert "full scan" in e.value.message
