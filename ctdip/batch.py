@@ -131,14 +131,9 @@ def requested_settings(method: str, params: dict | None = None, scan_options: di
     resolved parameters (preset < ``params``, completed by the method class exactly as the driver
     does), the given scan options, seed, holdout fraction and early stopping. Building the method
     object also refuses unknown or invalid parameters before anything starts."""
-    from ctdip.methods import get_method
-    from ctdip.reconstruct import canonical_method, method_preset
+    from ctdip.reconstruct import resolve_method
 
-    name = canonical_method(method)
-    cls = get_method(method)
-    merged = {**method_preset(name)["params"], **_given(params)}
-    m = cls(**merged)
-    resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
+    name, _, _, _, _, resolved = resolve_method(method, params)
     opts = dict(options or {})
     return _yaml_plain({"method": name, "params": resolved, "scan": _given(scan_options),
                         "seed": int(opts.get("seed", 0)), "holdout": float(opts.get("holdout", 0.0)),

@@ -80,6 +80,22 @@ def method_preset(name: str) -> dict:
     return {"path": str(p), "params": params, "sources": sources}
 
 
+def resolve_method(method: str, params: dict | None = None):
+    """``(name, cls, preset, overrides, method object, resolved params)`` for ``method`` with
+    ``params`` over its preset (None values dropped); building the object refuses unknown or
+    invalid parameters. Shared by the driver and ``ctdip batch``'s settings comparison."""
+    from ctdip.methods import get_method
+
+    name = canonical_method(method)
+    cls = get_method(method)
+    preset = method_preset(name)
+    overrides = {k: v for k, v in (params or {}).items() if v is not None}
+    merged = {**preset["params"], **overrides}
+    m = cls(**merged)
+    resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
+    return name, cls, preset, overrides, m, resolved
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -336,19 +352,12 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     import torch
 
     from ctdip.data import Scan
-    from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
     from ctdip.problem import Problem
     from ctdip.runs import RunFolder, default_run_dir
 
     t_start = time.perf_counter()
-    name = canonical_method(method)
-    cls = get_method(method)
-    preset = method_preset(name)
-    overrides = {k: v for k, v in (params or {}).items() if v is not None}
-    merged = {**preset["params"], **overrides}
-    m = cls(**merged)
-    resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
+    name, cls, preset, overrides, m, resolved = resolve_method(method, params)
     sources = {**preset["sources"], **dict(getattr(m, "sources", {}) or {})}
     holdout = FRACTION(holdout, "--holdout")
     limit_s = parse_time_limit(time_limit)
