@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     import bench_data as bd
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.problem import Problem
+    from ctdip.core.problem import Problem
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="*", default=["tv", "self-guided"])

@@ -1,6 +1,6 @@
 """Benchmark scans shared by the quality, speed and handbook-method benchmarks.
 
-Two kinds of test object, each as a :class:`ctdip.data.Scan` (projections, geometry, volume and a
+Two kinds of test object, each as a :class:`ctdip.core.data.Scan` (projections, geometry, volume and a
 reference that is only ever used to *score*):
 
 * **Head CT slices** (:func:`ct_scan`): axial slices of a real head CT volume (int16 Hounsfield
@@ -13,7 +13,7 @@ reference that is only ever used to *score*):
   source-detector 1000 mm, the detector covering the circle around the square grid (392 columns of
   1.914 mm, magnification 2). Noise: Poisson with ``photons`` per detector pixel before the log
   (``-log(max(I, 1) / I0)``), or relative Gaussian (sigma = rel * mean|Ax|).
-* **Walnut phantom** (:func:`walnut_scan`): the procedural walnut of ``ctdip.data.phantoms`` at
+* **Walnut phantom** (:func:`walnut_scan`): the procedural walnut of ``ctdip.core.data.phantoms`` at
   128², fan beam as in ``benchmarks/bench_methods.py``, 5 % Gaussian noise, projected from a 2x finer
   phantom (no inverse crime).
 
@@ -68,7 +68,7 @@ def training_slices(n_z: int = 108) -> list[int]:
 
 def fan_geometry(views: int, n: int, voxel_mm: float, sod: float, sdd: float):
     """Fan beam over 360° whose detector covers the circle around the n x n grid (magnification sdd/sod)."""
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
     fov = n * voxel_mm
     R = fov / math.sqrt(2)
@@ -86,8 +86,8 @@ def _project_fine(image: np.ndarray, geom, voxel_mm: float, factor: int = 2) -> 
     import torch
     from scipy import ndimage
 
-    from ctdip.geometry import VolumeGeometry
-    from ctdip.operators import RayTransform
+    from ctdip.core.geometry import VolumeGeometry
+    from ctdip.core.operators import RayTransform
 
     n = image.shape[-1]
     fine = ndimage.zoom(image, factor, order=1, mode="nearest", grid_mode=True).astype(np.float32)
@@ -111,7 +111,7 @@ def add_noise(y: np.ndarray, *, photons: float | None = None, rel: float | None 
 def ct_scan(z: int, views: int, *, photons: float | None = 1e4, rel: float | None = None,
             seed: int = 0, n: int = 256):
     """A head CT slice ``z`` as a simulated fan-beam scan (module docstring); ``n`` < 256 resamples."""
-    from ctdip.data import Scan
+    from ctdip.core.data import Scan
 
     vol = ct_volume_mu()
     img = vol[int(z)]
@@ -133,9 +133,9 @@ def ct_scan(z: int, views: int, *, photons: float | None = 1e4, rel: float | Non
 def walnut_scan(views: int, *, n: int = 128, rel: float = 0.05, seed: int = BENCH_WALNUT_SEED):
     """The procedural walnut at n², fan beam as in bench_methods (det 1.5 n, SOD 4 n, SDD 6 n at 1 mm
     pixels), projected from the 2n² phantom of the same seed, relative Gaussian noise."""
-    from ctdip.data import Scan
-    from ctdip.data.phantoms import walnut
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.data import Scan
+    from ctdip.core.data.phantoms import walnut
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
     geom = ProjectionGeometry.circular("fan", np.linspace(0, 2 * np.pi, views, endpoint=False),
                                        det_cols=int(1.5 * n), pixel_mm=1.0,
@@ -145,7 +145,7 @@ def walnut_scan(views: int, *, n: int = 128, rel: float = 0.05, seed: int = BENC
     ref = fine.reshape(n, 2, n, 2).mean(axis=(1, 3))[None].astype(np.float32)  # the same object on n²
     import torch
 
-    from ctdip.operators import RayTransform
+    from ctdip.core.operators import RayTransform
 
     dz, dy, dx = vg.voxel_mm
     vf = VolumeGeometry((1, 2 * n, 2 * n), (dz, dy / 2, dx / 2), vg.center_mm)

@@ -45,7 +45,7 @@ def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def held_out_images() -> dict[str, torch.Tensor]:
-    from ctdip.data.phantoms import shepp_logan, walnut
+    from ctdip.core.data.phantoms import shepp_logan, walnut
 
     w = walnut((128, 128), seed=424242)
     ims = {"walnut seed 424242 (128²)": w / w.max(), "Shepp-Logan (128²)": shepp_logan((128, 128))}
@@ -56,7 +56,7 @@ def held_out_images() -> dict[str, torch.Tensor]:
 
 
 def stage_gains() -> dict:
-    from ctdip.networks.denoisers import load_denoiser, tv_prox
+    from ctdip.priors.denoisers import load_denoiser, tv_prox
 
     D = load_denoiser("learned")
     out = {}
@@ -79,7 +79,7 @@ def stage_gains() -> dict:
 
 
 def make_problem(obj: str, views: int):
-    from ctdip.problem import Problem
+    from ctdip.core.problem import Problem
 
     if obj == "walnut-tune":
         scan = bench_data.walnut_scan(views, seed=bench_data.TUNING_WALNUT_SEED)
@@ -110,7 +110,7 @@ def stage_runs(obj: str, views: int, methods: list[str], sets: list[str], label:
         params = {"log_every": 10, "checkpoint_every": 0, **over}
         t = time.perf_counter()
         if name == "fbp":  # the starting point, for context
-            from ctdip.metrics import psnr
+            from ctdip.core.metrics import psnr
 
             p = psnr(problem.x_init, problem.reference)
             rows.append({"object": obj, "views": views, "method": "fbp", "label": label, "params": {},
@@ -193,7 +193,7 @@ def report(data: dict, path: Path) -> None:
 
 
 def weights_info() -> dict:
-    from ctdip.networks.denoisers import shipped_denoiser_path
+    from ctdip.priors.denoisers import shipped_denoiser_path
 
     p = shipped_denoiser_path()
     obj = torch.load(p, map_location="cpu", weights_only=True)

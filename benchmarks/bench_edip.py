@@ -1,16 +1,16 @@
 """EDIP warm starts vs vanilla DIP, and ADMM with the trained denoiser vs the TV prox (issue 5).
 
-Setup: 128^2 procedural walnut slice (``ctdip.data.phantoms.walnut``), fan beam over 360 degrees
+Setup: 128^2 procedural walnut slice (``ctdip.core.data.phantoms.walnut``), fan beam over 360 degrees
 (192 detector pixels of 1 mm, source-origin 512 mm, source-detector 768 mm), 20 views, Gaussian
 noise 5 % of mean |Ax|, matrix backend, one CPU thread, network preset ``light`` for every DIP run.
 
-1. Pretraining (``ctdip.pretrain.pretrain_for_problem``) on ellipses for exactly this geometry:
+1. Pretraining (``ctdip.training.pretrain.pretrain_for_problem``) on ellipses for exactly this geometry:
    ``--pretrain-steps`` steps of ``--batch-size`` phantoms; cost = wall time, samples/s.
 2. DIP runs of ``--iterations`` iterations: ``vanilla`` (noise input), ``vanilla`` (FBP input),
    ``edip`` and ``edip-fe`` from the pretrained weights (method presets otherwise).
    Rise time = first logged iteration whose PSNR reaches vanilla (noise input)'s steady PSNR
-   (median of its last 10 %) minus 0.1 dB (``ctdip.metrics.rise_time``), EDIP paper's definition.
-3. A DRUNet denoiser (``ctdip.pretrain_denoiser.train_denoiser``), then ``admm`` with it and with
+   (median of its last 10 %) minus 0.1 dB (``ctdip.core.metrics.rise_time``), EDIP paper's definition.
+3. A DRUNet denoiser (``ctdip.training.denoiser.train_denoiser``), then ``admm`` with it and with
    the TV prox (preset sigma and rho): peak and final PSNR.
 
     .venv/bin/python benchmarks/bench_edip.py                         # everything (~1 h on a shared 2-core box)
@@ -62,7 +62,7 @@ def _plain(d: dict) -> dict:
 
 def rise(curve: list, target: float) -> tuple[int | None, float | None]:
     """(iteration, seconds) at which a curve first reaches ``target - 0.1`` dB."""
-    from ctdip.metrics import rise_time
+    from ctdip.core.metrics import rise_time
 
     it = rise_time([c[0] for c in curve], [c[1] for c in curve], target)
     if it is None:
@@ -83,7 +83,7 @@ def fmt(v, nd=2):
 
 
 def write_markdown(R: dict, args, path: Path) -> None:
-    from ctdip.metrics import steady_psnr
+    from ctdip.core.metrics import steady_psnr
 
     cmds = R.get("commands") or [_command()]
     L = ["# EDIP warm start vs vanilla DIP; ADMM with a trained denoiser vs TV prox", "",
@@ -185,10 +185,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from ctdip.metrics import psnr
+    from ctdip.core.metrics import psnr
     from ctdip.networks import network_preset
-    from ctdip.pretrain import PretrainConfig, pretrain_for_problem
-    from ctdip.pretrain_denoiser import DenoiserConfig, train_denoiser
+    from ctdip.training.pretrain import PretrainConfig, pretrain_for_problem
+    from ctdip.training.denoiser import DenoiserConfig, train_denoiser
 
     out, work = Path(args.out), Path(args.work)
     out.parent.mkdir(parents=True, exist_ok=True)

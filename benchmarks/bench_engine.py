@@ -1,4 +1,4 @@
-"""Engine overhead: vanilla DIP through ``ctdip.engine`` vs a bare loop of the same step.
+"""Engine overhead: vanilla DIP through ``ctdip.dip.engine`` vs a bare loop of the same step.
 
 Both run the same network (``light`` preset), input, Adam step, gradient clipping and normalised
 loss ``||A f(z) - y||^2 / ||y||^2`` on the same 128^2 fan-beam problem (matrix backend, one CPU
@@ -53,7 +53,7 @@ def bare_loop(problem, iterations: int, seed: int = 0) -> float:
 def engine_loop(problem, iterations: int, seed: int = 0) -> float:
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.runs import RunFolder
+    from ctdip.dip.runs import RunFolder
 
     with tempfile.TemporaryDirectory() as d:
         m = get_method("vanilla")(iterations=iterations, lr=1e-3, network="light", log_every=10,

@@ -4,7 +4,7 @@ Scans (``benchmarks/bench_data.py``, fixed): ``walnut_scan(30)`` and ``walnut_sc
 (seed ``BENCH_WALNUT_SEED``), ``ct_scan(60, 30)`` at 256² (head CT slice 60, 30 views, Poisson
 1e4 photons; the CT volume is read from ``../shared/data/cranium_ct_hu.npy`` beside the
 repository, or ``$CTDIP_BENCH_DATA``). Every run goes through
-``ctdip.reconstruct.reconstruct(scan, method, params, output=...)`` and what is scored is the
+``ctdip.workflows.reconstruct.reconstruct(scan, method, params, output=...)`` and what is scored is the
 returned ``recon.tif`` (PSNR in dB against the reference, data range of the reference).
 
 Per scan:
@@ -15,7 +15,7 @@ Per scan:
 2. **Methods**: ``vanilla`` and ``tv`` (presets), ``vanilla`` and ``tv`` with ``--network
    deep-decoder``, ``vanilla`` with ``view_batch`` (a quarter of the views per step),
    ``edip`` and ``subspace-dip`` (Adam and L-BFGS) from one pretraining trajectory per geometry
-   (``ctdip.pretrain`` with periodic checkpoints). Reported: returned PSNR, peak PSNR (best logged
+   (``ctdip.training.pretrain`` with periodic checkpoints). Reported: returned PSNR, peak PSNR (best logged
    iterate), wall time of ``reconstruct`` (set-up + training), and the training time until a logged
    iterate first reaches the oracle's PSNR (``–``: never within the budget).
 3. **Deep decoder, long run** (walnut 30 only): ``vanilla`` + deep decoder for ``--dd-long``
@@ -66,7 +66,7 @@ def scans(quick: bool) -> dict:
 def score(path: Path, reference: np.ndarray) -> float:
     import tifffile
 
-    from ctdip.metrics import psnr
+    from ctdip.core.metrics import psnr
 
     x = tifffile.imread(str(path)).astype(np.float32)
     return psnr(x.reshape(reference.shape), reference)
@@ -74,8 +74,8 @@ def score(path: Path, reference: np.ndarray) -> float:
 
 def run(scan, method: str, params: dict, out: Path, oracle: float | None = None) -> dict:
     """reconstruct() into ``out``; the returned recon.tif scored, plus peak, wall and time to oracle."""
-    from ctdip.reconstruct import reconstruct
-    from ctdip.runs import RunFolder
+    from ctdip.workflows.reconstruct import reconstruct
+    from ctdip.dip.runs import RunFolder
 
     t = time.perf_counter()
     rs = reconstruct(scan, method, params, output=out, quiet=True, progress=False, seed=0)
@@ -100,8 +100,8 @@ def run(scan, method: str, params: dict, out: Path, oracle: float | None = None)
 def trajectory(scan, work: Path, steps: int, every: int, batch: int) -> tuple[Path, float]:
     """Pretrain the light U-Net on ellipses for the scan's geometry, periodic checkpoints kept."""
     from ctdip.networks import network_preset
-    from ctdip.pretrain import PretrainConfig, pretrain
-    from ctdip.operators import RayTransform
+    from ctdip.training.pretrain import PretrainConfig, pretrain
+    from ctdip.core.operators import RayTransform
 
     out = work / "trajectory.pt"
     meta = work / "trajectory.json"
@@ -120,11 +120,11 @@ def trajectory(scan, work: Path, steps: int, every: int, batch: int) -> tuple[Pa
 
 def cone_problem(n3: int, views: int = 60):
     """A noise-free n3³ cone-beam walnut (torch backend): the 3D case where the operator dominates."""
-    from ctdip.data import Scan
-    from ctdip.data.phantoms import walnut
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators import RayTransform
-    from ctdip.problem import Problem
+    from ctdip.core.data import Scan
+    from ctdip.core.data.phantoms import walnut
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.operators import RayTransform
+    from ctdip.core.problem import Problem
 
     g3 = ProjectionGeometry.circular("cone", np.linspace(0, 2 * np.pi, views, endpoint=False), det_cols=int(1.5 * n3),
                                      det_rows=int(1.5 * n3), pixel_mm=1.0, source_origin_mm=4.0 * n3,
@@ -139,7 +139,7 @@ def step_costs(quick: bool) -> dict:
     """Seconds per vanilla step with K of n views: 2D walnut (matrix) and 3D cone walnut (torch)."""
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.problem import Problem
+    from ctdip.core.problem import Problem
 
     out = {}
     n_it2, n_it3 = (5, 3) if quick else (40, 10)
@@ -269,7 +269,7 @@ def write_markdown(results: dict, path: Path) -> None:
          "Commands (in order; a rerun skips the runs already done): "
          + "; ".join(f"`{c}`" for c in results.get("commands", [results.get("command", "")])), "",
          "Scans from `benchmarks/bench_data.py` (the head CT from `../shared/data/cranium_ct_hu.npy`, not part of "
-         "ctdip). Every run is `ctdip.reconstruct.reconstruct(scan, method, params, output=...)`; PSNR (dB) of the "
+         "ctdip). Every run is `ctdip.workflows.reconstruct.reconstruct(scan, method, params, output=...)`; PSNR (dB) of the "
          "returned `recon.tif` against the reference; peak = best logged iterate (every 10 iterations); wall = "
          "the whole `reconstruct` call; *to oracle* = training seconds until a logged iterate first reaches the "
          "oracle PDHG-TV PSNR (best of 7 `tv_weight` in 1e-4..1e-2, scored against the reference). One CPU "

@@ -1,8 +1,8 @@
 """Benchmark every DIP method against FBP and PDHG-TV on a simulated walnut slice (handbook Table 2 style).
 
-Setup: 128^2 procedural ``walnut`` phantom (ctdip.data.phantoms), fan beam over 360 degrees
+Setup: 128^2 procedural ``walnut`` phantom (ctdip.core.data.phantoms), fan beam over 360 degrees
 (det 192 px, source-origin 512 mm, source-detector 768 mm at 1 mm pixels), 60 and 20 views, Gaussian
-noise 5 % of mean |Ax| (ctdip.data.noise), matrix backend, one CPU thread per run.
+noise 5 % of mean |Ax| (ctdip.core.data.noise), matrix backend, one CPU thread per run.
 
 For each method: peak PSNR and its iteration, ES-WMV pick PSNR and iteration, final PSNR, the
 PSNR of the returned image (EMA for self-guided, z_K for aseq, min-loss for edip) and wall time.
@@ -32,12 +32,12 @@ DIP_METHODS = ["vanilla", "tv", "tv-hqs", "self-guided", "aseq", "admm", "hqs-de
 
 
 def make_problem(n: int, views: int, rel_noise: float = 0.05, seed: int = 0):
-    from ctdip.data import Scan
-    from ctdip.data.noise import gaussian_noise
-    from ctdip.data.phantoms import walnut
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators import RayTransform
-    from ctdip.problem import Problem
+    from ctdip.core.data import Scan
+    from ctdip.core.data.noise import gaussian_noise
+    from ctdip.core.data.phantoms import walnut
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.operators import RayTransform
+    from ctdip.core.problem import Problem
 
     geom = ProjectionGeometry.circular("fan", np.linspace(0, 2 * np.pi, views, endpoint=False),
                                        det_cols=int(1.5 * n), pixel_mm=1.0,
@@ -52,7 +52,7 @@ def make_problem(n: int, views: int, rel_noise: float = 0.05, seed: int = 0):
 
 
 def run_classical(name: str, problem, grid: list[float] | None = None) -> dict:
-    from ctdip.metrics import psnr
+    from ctdip.core.metrics import psnr
 
     t = time.perf_counter()
     if name == "fbp":
@@ -107,7 +107,7 @@ def fmt(v, nd=2):
 def write_markdown(results: dict, args, path: Path) -> None:
     lines = [f"# DIP methods on a {args.size}² walnut slice (handbook Table 2 style)", "",
              f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_methods.py', *sys.argv[1:]])}`", "",
-             f"Setup: {args.size}² procedural walnut (ctdip.data.phantoms.walnut), fan beam 360°, "
+             f"Setup: {args.size}² procedural walnut (ctdip.core.data.phantoms.walnut), fan beam 360°, "
              f"{int(1.5 * args.size)} detector pixels, Gaussian noise {args.noise:g} × mean|Ax|, matrix backend, "
              f"seed 0, one CPU thread per run on a shared 2-core machine (wall times are indicative). "
              f"Network: `{args.network}` preset, {args.iterations} iterations per DIP method "

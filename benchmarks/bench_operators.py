@@ -45,9 +45,9 @@ _CONE_HEADING = "## Cone beam 3D: torch ray marching vs the matrix built from it
 def _bench_cone3d(args) -> str:
     import torch
 
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators._matrix import MatrixRayTransform, estimate_nnz
-    from ctdip.operators._torch import TorchRayTransform
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.operators._matrix import MatrixRayTransform, estimate_nnz
+    from ctdip.core.operators._torch import TorchRayTransform
 
     cpu = torch.device("cpu")
     rows = []
@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     import astra
     import torch
 
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators import RayTransform
-    from ctdip.operators._matrix import MatrixRayTransform, build_matrix
-    from ctdip.runs import atomic_write_text
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.operators import RayTransform
+    from ctdip.core.operators._matrix import MatrixRayTransform, build_matrix
+    from ctdip.core.io import atomic_write_text
 
     torch.set_num_threads(args.threads)
     old = Path(args.out).read_text() if Path(args.out).is_file() else ""

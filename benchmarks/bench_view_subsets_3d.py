@@ -28,7 +28,7 @@ def main() -> int:
 
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.metrics import psnr
+    from ctdip.core.metrics import psnr
 
     torch.set_num_threads(1)
     prob = cone_problem(24)

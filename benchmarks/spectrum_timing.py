@@ -29,11 +29,11 @@ def main() -> None:
     ap.add_argument("--cases", default="tiny:64:20,light:64:20,light:64:50,light:128:20")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from ctdip.data.loader import load_scan
-    from ctdip.data.simulate import simulate
+    from ctdip.core.data.loader import load_scan
+    from ctdip.core.data.simulate import simulate
     from ctdip.networks import build_network, network_preset
-    from ctdip.problem import Problem
-    from ctdip.spectrum import analyse_network
+    from ctdip.core.problem import Problem
+    from ctdip.workflows.spectrum import analyse_network
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

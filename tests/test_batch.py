@@ -10,16 +10,16 @@ import sys
 
 import pytest
 
-from ctdip.batch import (SlurmOptions, parse_mem_gb, parse_time_minutes, plan, run_batch, run_specimen,
+from ctdip.workflows.batch import (SlurmOptions, parse_mem_gb, parse_time_minutes, plan, run_batch, run_specimen,
                          slurm_parameters)
 from ctdip.errors import UserError
-from ctdip.runs import RunFolder
+from ctdip.dip.runs import RunFolder
 
 
 @pytest.fixture(scope="module")
 def specimens(tmp_path_factory):
     """Three small simulated fan-beam scans (32 px, 20 views) and one with a truncated TIFF."""
-    from ctdip.data.simulate import simulate
+    from ctdip.core.data.simulate import simulate
 
     root = tmp_path_factory.mktemp("specimens")
     for i in range(3):
@@ -154,7 +154,7 @@ def test_slurm_option_parsing_and_errors(tmp_path, monkeypatch):
 
 
 def test_live_table_renders(tmp_path):
-    from ctdip.batch import Progress, Specimen
+    from ctdip.workflows.batch import Progress, Specimen
 
     specs = [Specimen("walnut1", tmp_path, tmp_path / "r1", state="running", started=0.0),
              Specimen("walnut2", tmp_path, tmp_path / "r2", state="failed", error="projections.tif: bad")]
@@ -220,7 +220,7 @@ def test_changed_settings_are_refused_or_rerun(specimens, tmp_path, run_cli, cap
 
 
 def test_set_keys_turn_dashes_into_underscores(specimens, tmp_path):
-    from ctdip.batch import requested_settings
+    from ctdip.workflows.batch import requested_settings
     from ctdip.cli._options import parse_set
 
     params = parse_set(["log-every=2", "iterations=4"])
@@ -236,7 +236,7 @@ def test_worker_checkpoints_on_sigterm_and_stops_on_a_signal_outside_the_loop(sp
     the DIP run checkpoints at its iteration and returns 'interrupted'; the handler is restored."""
     import signal
 
-    from ctdip.runs import RunFolder as RF
+    from ctdip.dip.runs import RunFolder as RF
 
     def bypass(signum, frame):  # submitit's handler: logs and ignores SIGTERM
         pass
@@ -258,7 +258,7 @@ def test_worker_checkpoints_on_sigterm_and_stops_on_a_signal_outside_the_loop(sp
     assert r == {"ok": False, "interrupted": True, "signal": signal.SIGTERM, "iteration": 1,
                  "error": "interrupted at iteration 1, checkpoint written"}
     # a signal while the scan is being read (no engine handler yet) stops the run at once
-    import ctdip.data.loader as loader
+    import ctdip.core.data.loader as loader
 
     load = loader.load_scan
 
@@ -279,7 +279,7 @@ def test_ctrl_c_while_following_slurm_jobs(specimens, tmp_path, monkeypatch, run
     import json
     import signal
 
-    import ctdip.batch as batch
+    import ctdip.workflows.batch as batch
 
     monkeypatch.setenv("PATH", f"{_fake_slurm_bin(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     calls = []
@@ -309,8 +309,8 @@ def test_pool_replaces_a_worker_that_dies(specimens, tmp_path):
     import multiprocessing as mp
     import signal
 
-    from ctdip.batch import Specimen, specimen_line
-    from ctdip.batch_local import StopControl, run_pool
+    from ctdip.workflows.batch import Specimen, specimen_line
+    from ctdip.workflows.batch_local import StopControl, run_pool
 
     results, started = {}, []
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from ctdip.runs import RunFolder
+from ctdip.dip.runs import RunFolder
 
 NAMES = ("s1", "s2", "s3")
 # TV-DIP with the tiny network: ~5 ms per iteration at 32^2 on one thread, so 400 iterations take
@@ -27,7 +27,7 @@ LONG = ("-n", "20000")
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory):
-    from ctdip.data.simulate import simulate
+    from ctdip.core.data.simulate import simulate
 
     root = tmp_path_factory.mktemp("signal_scans")
     for i, n in enumerate(NAMES):
@@ -133,7 +133,7 @@ def test_sigint_once_then_rerun_is_bit_identical(scans, tmp_path):
     # an uninterrupted batch, in-process (same worker function and torch thread count)
     import torch
 
-    from ctdip.batch import SlurmOptions, cpu_count, run_batch
+    from ctdip.workflows.batch import SlurmOptions, cpu_count, run_batch
 
     n_threads = torch.get_num_threads()
     ref = tmp_path / "ref"

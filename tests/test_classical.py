@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctdip import metrics
-from ctdip.data.loader import load_scan
-from ctdip.data.simulate import simulate
+from ctdip.core import metrics
+from ctdip.core.data.loader import load_scan
+from ctdip.core.data.simulate import simulate
 from ctdip.methods.base import RunContext
 from ctdip.methods.classical import CGLS, FBP, PDHGTV, grad, grad_adjoint
-from ctdip.problem import Problem
+from ctdip.core.problem import Problem
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from ctdip.data.io import write_tiff_image
-from ctdip.data.loader import load_scan, resample
-from ctdip.data.simulate import simulate
-from ctdip.data.walnut_layout import WalnutSource, inverse_trafo, trafo
+from ctdip.core.io import write_tiff_image
+from ctdip.core.data.loader import load_scan, resample
+from ctdip.core.data.simulate import simulate
+from ctdip.core.data.walnut_layout import WalnutSource, inverse_trafo, trafo
 
 
 @pytest.mark.parametrize("geometry,noise", [("fan", 0.0), ("fan", 0.05), ("cone", 0.0)])
@@ -33,7 +33,7 @@ def test_walnut_reader_follows_the_reference_script(tmp_path):
     write_tiff_image(od / "di000000.tif", inverse_trafo(dark), dtype=np.float64)
     for i, f in enumerate(flats):
         write_tiff_image(od / f"io00000{i}.tif", inverse_trafo(f), dtype=np.float64)
-    from ctdip.geometry import ProjectionGeometry
+    from ctdip.core.geometry import ProjectionGeometry
 
     g = ProjectionGeometry.circular("cone", np.linspace(0, 2 * np.pi, n, endpoint=False), cols, rows, 1.0,
                                     source_origin_mm=60, source_detector_mm=180)
@@ -63,7 +63,7 @@ def test_ctdip_layout_options_and_poisson_flats(tmp_path):
 
 
 def test_resample_preserves_constant_and_mean():
-    from ctdip.geometry import VolumeGeometry
+    from ctdip.core.geometry import VolumeGeometry
 
     old = VolumeGeometry((1, 64, 64), 0.5)
     new = old.with_size(32)

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from ctdip.data.phantoms import random_ellipses, shepp_logan, walnut
+from ctdip.core.data.phantoms import random_ellipses, shepp_logan, walnut
 
 
 def test_shepp_logan_values_and_shapes():

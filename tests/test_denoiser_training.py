@@ -8,7 +8,7 @@ import torch
 
 from ctdip.networks import build_network
 from ctdip.networks.drunet import DRUNet, drunet_arch
-from ctdip.pretrain_denoiser import DenoiserConfig, evaluate_denoiser, train_denoiser, validation_set
+from ctdip.training.denoiser import DenoiserConfig, evaluate_denoiser, train_denoiser, validation_set
 
 
 def test_drunet_shapes_sigma_forms_and_scale_equivariance():
@@ -59,8 +59,8 @@ def test_weights_file_and_plugging_into_admm_denoiser_interface(trained):
     assert obj["arch"]["name"] == "drunet" and obj["geometry_key"] is None
     assert obj["data_spec"]["sigma_range"] == [0.0, 0.2] and obj["data_spec"]["patch"] == 32
     assert (path.with_name("denoiser.ckpt") / "step_000100.pt").exists()
-    # the methods' loader (ctdip.networks.denoisers) calls it as D(x, sigma)
-    from ctdip.networks.denoisers import load_denoiser
+    # the methods' loader (ctdip.priors.denoisers) calls it as D(x, sigma)
+    from ctdip.priors.denoisers import load_denoiser
 
     D = load_denoiser(str(path))
     clean = validation_set(cfg, torch.device("cpu"))
@@ -96,7 +96,7 @@ def test_resume_continues_to_the_same_weights(tmp_path, one_thread):
 def test_user_volumes_source(tmp_path):
     import tifffile
 
-    from ctdip.data.phantoms import walnut
+    from ctdip.core.data.phantoms import walnut
 
     vol = np.stack([walnut((40, 40), seed=s) for s in range(3)])
     tifffile.imwrite(tmp_path / "vol.tif", vol, photometric="minisblack")
@@ -122,8 +122,8 @@ def test_cli_denoiser_and_errors(run_cli, tmp_path, capsys):
 
 
 def test_npy_volumes_mixed_noise_and_training_metadata(tmp_path, one_thread):
-    from ctdip.data.phantoms import walnut
-    from ctdip.pretrain_denoiser import training_noise
+    from ctdip.core.data.phantoms import walnut
+    from ctdip.training.denoiser import training_noise
 
     vol = np.stack([walnut((40, 40), seed=s) for s in (5, 6)]).astype(np.float32)
     np.save(tmp_path / "vol.npy", 3.0 * vol)

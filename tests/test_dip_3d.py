@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from ctdip.runs import RunFolder
+from ctdip.dip.runs import RunFolder
 
 
 @pytest.fixture(scope="module")

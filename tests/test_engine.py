@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctdip.engine import EarlyStoppingWMV, OutputEMA, Picks
+from ctdip.dip.engine import EarlyStoppingWMV, OutputEMA, Picks
 from ctdip.errors import UserError
-from ctdip.runs import METRIC_COLUMNS, RunFolder
+from ctdip.dip.runs import METRIC_COLUMNS, RunFolder
 
 
 def _feed(cb, xs):

@@ -19,7 +19,7 @@ import tifffile
 import yaml
 
 from ctdip.cli.main import main
-from ctdip.data.simulate import simulate
+from ctdip.core.data.simulate import simulate
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -269,12 +269,12 @@ def test_failure_after_the_folder_removes_it(scans, tmp_path, monkeypatch, capsy
 
 def test_read_only_output(scans, tmp_path, monkeypatch, capsys):
     """A read-only parent is refused before any work (os.access patched: tests may run as root)."""
-    import ctdip.validate
+    import ctdip.core.validate
 
     ro = tmp_path / "ro"
     ro.mkdir()
     real = os.access
-    monkeypatch.setattr(ctdip.validate.os, "access", lambda p, m: False if Path(p) == ro.resolve() else real(p, m))
+    monkeypatch.setattr(ctdip.core.validate.os, "access", lambda p, m: False if Path(p) == ro.resolve() else real(p, m))
     for argv in (["reconstruct", scans["li"], "-o", "ro/run"], ["simulate", "ro/scan"],
                  ["evaluate", scans["li"] / "reference.tif", "-o", "ro/ev"],
                  ["pretrain", "--scan", scans["li"], "-o", "ro/w.pt", "--steps", "1"]):
@@ -362,7 +362,7 @@ def test_stale_temporaries_are_removed_on_resume(scans, tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_writes_get_the_umask_mode(tmp_path, umask, mode):
-    from ctdip.runs import atomic_write_bytes
+    from ctdip.core.io import atomic_write_bytes
 
     old = os.umask(umask)
     try:
@@ -380,8 +380,8 @@ def test_readme_geometry_examples_parse_and_pass_the_rules(tmp_path):
     """The parallel, fan and cone geometry.yaml examples of README "Your own scan"."""
     import re
 
-    from ctdip.data.ctdip_layout import parse_geometry
-    from ctdip.data.sanity import check_geometry
+    from ctdip.core.data.ctdip_layout import parse_geometry
+    from ctdip.core.data.sanity import check_geometry
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = text.split("## Your own scan", 1)[1].split("\n## ", 1)[0]
@@ -402,7 +402,7 @@ def test_a_diverging_loss_names_lr_and_leaves_nothing(scans, tmp_path, monkeypat
     written yet, so the run folder is removed."""
     import torch
 
-    from ctdip.engine import StepOut
+    from ctdip.dip.engine import StepOut
     from ctdip.methods.vanilla import Vanilla
 
     def nan_objective(self, it, gen):
@@ -418,9 +418,9 @@ def test_a_diverging_loss_names_lr_and_leaves_nothing(scans, tmp_path, monkeypat
 
 def test_problem_names_the_geometry_file_of_a_short_scan(scans, tmp_path):
     """Every caller of Problem.from_scan (reconstruct, spectrum) gets the file named, not only the CLI."""
-    from ctdip.data.loader import load_scan
+    from ctdip.core.data.loader import load_scan
     from ctdip.errors import UserError
-    from ctdip.problem import Problem
+    from ctdip.core.problem import Problem
 
     d = shutil.copytree(scans["li"], tmp_path / "s")
     _geo(["angles", "stop_deg"], 150.0)(d)

@@ -3,7 +3,7 @@
 import pytest
 
 from ctdip.cli.main import main
-from ctdip.estimate import StepEstimate, format_duration
+from ctdip.core.estimate import StepEstimate, format_duration
 
 
 def test_estimate_from_the_first_steps_once():

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ctdip.errors import UserError
-from ctdip.geometry import ProjectionGeometry as PG
-from ctdip.geometry import VolumeGeometry as VG
-from ctdip.metrics import psnr
-from ctdip.operators import fbp
-from ctdip.operators._torch import _pixel_centres
+from ctdip.core.geometry import ProjectionGeometry as PG
+from ctdip.core.geometry import VolumeGeometry as VG
+from ctdip.core.metrics import psnr
+from ctdip.core.operators import fbp
+from ctdip.core.operators._torch import _pixel_centres
 
 
 @pytest.fixture(autouse=True)

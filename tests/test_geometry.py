@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ctdip.errors import UserError
-from ctdip.geometry import ProjectionGeometry as PG
-from ctdip.geometry import VolumeGeometry as VG
-from ctdip.geometry import bin_projections
+from ctdip.core.geometry import ProjectionGeometry as PG
+from ctdip.core.geometry import VolumeGeometry as VG
+from ctdip.core.geometry import bin_projections
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +70,7 @@ def test_astra_dict_round_trips():
 
 
 def test_geom_file_subsample_bin_gives_same_operator(tmp_path):
-    from ctdip.operators import RayTransform
+    from ctdip.core.operators import RayTransform
 
     full = np.linspace(0, 2 * np.pi, 120, endpoint=False)
     g_full = PG.circular("cone", full, 32, det_rows=8, pixel_mm=0.5, source_origin_mm=60, source_detector_mm=120,
@@ -186,7 +186,7 @@ def test_volume_geometry_fov_with_size_and_astra():
 
 def test_astra_2d_row_order_is_flipped_relative_to_ours():
     """ASTRA 2D image row 0 is at max y; ctdip's y index increases with y (ASTRA 3D order)."""
-    from ctdip.operators import RayTransform
+    from ctdip.core.operators import RayTransform
 
     g = PG.circular("parallel", [np.pi / 2], 8)  # at 90 degrees the detector u axis is +y
     vol = VG((1, 8, 8), 1.0)

@@ -16,7 +16,7 @@ from test_methods import make_problem  # noqa: E402
 from ctdip.errors import UserError
 from ctdip.methods import get_method
 from ctdip.methods.base import RunContext
-from ctdip.runs import RunFolder
+from ctdip.dip.runs import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_deep_decoder_3d_shapes_and_determinism():
 @pytest.mark.parametrize("backend", ["matrix", "torch"])
 def test_view_subset_operator_is_the_selected_rows(problem, backend):
     from ctdip.methods._view_subsets import ViewSubset, draw_views
-    from ctdip.operators import RayTransform
+    from ctdip.core.operators import RayTransform
 
     A = problem.A if backend == "matrix" else RayTransform(problem.A.geometry, problem.volume, backend="torch")
     op = ViewSubset(A)
@@ -136,7 +136,7 @@ def test_view_batch_lowers_loss_logs_full_fit_and_resumes_identically(problem, t
 @pytest.fixture(scope="module")
 def trajectory(problem, tmp_path_factory):
     from ctdip.networks import network_preset
-    from ctdip.pretrain import PretrainConfig, pretrain_for_problem
+    from ctdip.training.pretrain import PretrainConfig, pretrain_for_problem
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

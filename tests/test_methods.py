@@ -12,12 +12,12 @@ FAST = {"network": "tiny", "iterations": 40, "lr": 0.01, "log_every": 5, "checkp
 
 
 def make_problem(n=64, views=40, rel=0.05, seed=0, holdout=0.0):
-    from ctdip.data import Scan
-    from ctdip.data.noise import gaussian_noise
-    from ctdip.data.phantoms import walnut
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators import RayTransform
-    from ctdip.problem import Problem
+    from ctdip.core.data import Scan
+    from ctdip.core.data.noise import gaussian_noise
+    from ctdip.core.data.phantoms import walnut
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.operators import RayTransform
+    from ctdip.core.problem import Problem
 
     g = ProjectionGeometry.circular("fan", np.linspace(0, 2 * np.pi, views, endpoint=False), det_cols=int(1.5 * n),
                                     pixel_mm=1.0, source_origin_mm=4.0 * n, source_detector_mm=6.0 * n)
@@ -55,7 +55,7 @@ def test_method_reduces_loss(problem, name):
 
 
 def test_vanilla_beats_fbp_and_picks(problem):
-    from ctdip.metrics import psnr
+    from ctdip.core.metrics import psnr
 
     m, res = run("vanilla", problem, iterations=150, lr=0.01, input="fbp", es_window=20)
     fbp = psnr(problem.x_init, problem.reference)

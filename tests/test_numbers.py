@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from ctdip import metrics
+from ctdip.core import metrics
 from ctdip.cli.main import main
-from ctdip.evaluate import evaluate
-from ctdip.runs import RunFolder
+from ctdip.workflows.evaluate import evaluate
+from ctdip.dip.runs import RunFolder
 
 
 def test_curve_numbers_definitions():

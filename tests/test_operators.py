@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ctdip.errors import UserError
-from ctdip.geometry import ProjectionGeometry as PG
-from ctdip.geometry import VolumeGeometry as VG
-from ctdip.operators import RayTransform, _astra_cuda
-from ctdip.operators._torch import _pixel_centres
+from ctdip.core.geometry import ProjectionGeometry as PG
+from ctdip.core.geometry import VolumeGeometry as VG
+from ctdip.core.operators import RayTransform, _astra_cuda
+from ctdip.core.operators._torch import _pixel_centres
 
 CUDA = _astra_cuda.available()
 
@@ -181,8 +181,8 @@ def test_matrix_cache_budget_and_auto(tmp_path, monkeypatch):
 def test_matrix3d_equals_torch_ray_marcher(case, tmp_path):
     """The 3D system matrix is the torch marcher written out: A and A^T agree to float rounding,
     for the default (two samples per voxel) and the coarse (one per voxel) discretisation."""
-    from ctdip.operators._matrix import MatrixRayTransform
-    from ctdip.operators._torch import TorchRayTransform
+    from ctdip.core.operators._matrix import MatrixRayTransform
+    from ctdip.core.operators._torch import TorchRayTransform
 
     g, v = _geoms()[case]
     gen = torch.Generator().manual_seed(5)
@@ -198,7 +198,7 @@ def test_matrix3d_equals_torch_ray_marcher(case, tmp_path):
 
 
 def test_auto_picks_3d_matrix_on_cpu_and_estimates_nnz(tmp_path):
-    from ctdip.operators._matrix import build_march_matrix, estimate_nnz
+    from ctdip.core.operators._matrix import build_march_matrix, estimate_nnz
 
     g, v = _geoms()["cone3d"]
     A = RayTransform(g, v)
@@ -214,7 +214,7 @@ def test_auto_picks_3d_matrix_on_cpu_and_estimates_nnz(tmp_path):
 
 
 def test_scipy_and_torch_sparse_engines_agree():
-    from ctdip.operators._matrix import MatrixRayTransform
+    from ctdip.core.operators._matrix import MatrixRayTransform
 
     g, v = _geoms()["parallel2d"]
     x = torch.rand((3, *v.shape), generator=torch.Generator().manual_seed(4))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctdip import plots
-from ctdip.evaluate import LEGEND_INSIDE_MAX, Entry, plot_montage, plot_psnr_curves
+from ctdip.workflows import plots
+from ctdip.workflows.evaluate import LEGEND_INSIDE_MAX, Entry, plot_montage, plot_psnr_curves
 
 
 def test_preview_of_a_volume_names_its_slice(tmp_path):

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from ctdip.networks import network_preset
-from ctdip.pretrain import PretrainConfig, checkpoint_dir, ensure_warm_start, pretrain, pretrain_for_problem
+from ctdip.training.pretrain import PretrainConfig, checkpoint_dir, ensure_warm_start, pretrain, pretrain_for_problem
 
 
 def make_problem(n: int, views: int = 20, seed: int = 0):
-    from ctdip.data import Scan
-    from ctdip.data.phantoms import walnut
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators import RayTransform
-    from ctdip.problem import Problem
+    from ctdip.core.data import Scan
+    from ctdip.core.data.phantoms import walnut
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.operators import RayTransform
+    from ctdip.core.problem import Problem
 
     geom = ProjectionGeometry.circular("fan", np.linspace(0, 2 * np.pi, views, endpoint=False),
                                        det_cols=int(1.5 * n), pixel_mm=1.0,
@@ -73,7 +73,7 @@ def test_weights_file_records_everything_and_round_trips(tiny_run):
         out = net(problem.to_image(problem.x_init))
         again = build_from_weights(load_weights(res.path))(problem.to_image(problem.x_init))
     assert torch.equal(out, again)
-    from ctdip.metrics import psnr
+    from ctdip.core.metrics import psnr
 
     assert psnr(out[0, 0], problem.reference[0]) > 14.5  # measured 16.1 dB; FBP 13.5 dB
 
@@ -138,8 +138,8 @@ def test_ensure_warm_start_pretrains_once_and_caches(tmp_path, monkeypatch, caps
 
 
 def test_3d_cone_pretraining_runs_on_ellipsoids(tmp_path, one_thread):
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-    from ctdip.operators import RayTransform
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.operators import RayTransform
 
     g = ProjectionGeometry.circular("cone", np.linspace(0, 2 * np.pi, 8, endpoint=False), det_cols=24,
                                     det_rows=24, pixel_mm=1.0, source_origin_mm=64, source_detector_mm=96)

@@ -6,8 +6,8 @@ import tifffile
 import yaml
 
 from ctdip.cli.main import main
-from ctdip.data.simulate import simulate
-from ctdip.runs import read_tiff_voxel_mm
+from ctdip.core.data.simulate import simulate
+from ctdip.core.io import read_tiff_voxel_mm
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ctdip.cli.main import main
-from ctdip.runs import RunFolder
+from ctdip.dip.runs import RunFolder
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ctdip import metrics
-from ctdip.data.loader import load_scan
-from ctdip.data.simulate import simulate
+from ctdip.core import metrics
+from ctdip.core.data.loader import load_scan
+from ctdip.core.data.simulate import simulate
 from ctdip.errors import UserError
 from ctdip.methods.base import RunContext
 from ctdip.methods.classical import PDHGTV
-from ctdip.problem import Problem
-from ctdip.selection import cv_tv_weight, dip_tv_weight, parse_grid, view_folds
+from ctdip.core.problem import Problem
+from ctdip.methods.selection import cv_tv_weight, dip_tv_weight, parse_grid, view_folds
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_cv_weight_within_1db_of_the_sweep_best(scan64):
 
 
 def test_pdhg_tv_auto_records_its_choice(scan64, tmp_path):
-    from ctdip.reconstruct import reconstruct
+    from ctdip.workflows.reconstruct import reconstruct
 
     rs = reconstruct(scan64, "pdhg-tv", {"iterations": 40, "cv_grid": "1e-4:0.1:4"}, output=tmp_path / "r",
                      quiet=True, progress=False)
@@ -68,7 +68,7 @@ def test_pdhg_tv_auto_records_its_choice(scan64, tmp_path):
                      "log_every": 5, "checkpoint_every": 0}),
 ])
 def test_returned_image_does_not_depend_on_the_reference(scan64, tmp_path, method, params):
-    from ctdip.reconstruct import reconstruct
+    from ctdip.workflows.reconstruct import reconstruct
 
     blind = tmp_path / "blind"
     shutil.copytree(scan64, blind)

@@ -6,8 +6,8 @@ import pytest
 import tifffile
 
 from ctdip.cli.main import main
-from ctdip.data.loader import binning_warning, column_width_at_axis_mm, load_setup, mode_and_bin
-from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.data.loader import binning_warning, column_width_at_axis_mm, load_setup, mode_and_bin
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
 
 def test_bin_to_cols_means_the_protocol_on_the_walnut_detector():

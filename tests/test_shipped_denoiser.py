@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctdip.networks.denoisers import CNNDenoiser, load_denoiser, shipped_denoiser_path
+from ctdip.priors.denoisers import CNNDenoiser, load_denoiser, shipped_denoiser_path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,7 +43,7 @@ def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def test_improves_a_held_out_walnut_at_sigma_0_1_by_3_db(one_thread):
-    from ctdip.data.phantoms import walnut
+    from ctdip.core.data.phantoms import walnut
 
     w = walnut((64, 64), seed=424242)  # a seed never used in training (1000-1007) or validation (999)
     clean = torch.from_numpy((w / w.max()).astype(np.float32))[None, None]

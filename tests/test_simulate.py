@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from ctdip.cli.main import main
-from ctdip.runs import read_tiff_voxel_mm
+from ctdip.core.io import read_tiff_voxel_mm
 
 
 @pytest.mark.parametrize("geometry,size,extra,min_psnr", [

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctdip.errors import UserError
-from ctdip.spectrum import (analyse_network, hoyer, network_function, parameter_shares, plot_eigenimages,
+from ctdip.workflows.spectrum import (analyse_network, hoyer, network_function, parameter_shares, plot_eigenimages,
                             plot_spectrum, randomized_jacobian_svd, save_npz, summary_lines)
 
 
@@ -120,7 +120,7 @@ def test_unet_ntk_eigenvalues_match_explicit_jacobian(tmp_path):
 
 @pytest.fixture(scope="module")
 def scan32(tmp_path_factory):
-    from ctdip.data.simulate import simulate
+    from ctdip.core.data.simulate import simulate
 
     root = tmp_path_factory.mktemp("scan")
     simulate(root / "s", phantom="walnut", geometry="fan", angles=16, size=24, noise=0.0, seed=0)
@@ -130,7 +130,7 @@ def scan32(tmp_path_factory):
 def test_cli_on_run_checkpoint_and_weights_file(scan32, tmp_path, run_cli, capsys):
     from ctdip.networks import build_network, network_preset
     from ctdip.networks.weights import save_weights
-    from ctdip.runs import RunFolder
+    from ctdip.dip.runs import RunFolder
 
     torch.manual_seed(0)
     arch = network_preset("tiny")
@@ -147,8 +147,8 @@ def test_cli_on_run_checkpoint_and_weights_file(scan32, tmp_path, run_cli, capsy
         assert s.shape == (4,) and np.all(np.diff(s) <= 1e-9 * s[0])
         assert d["ntk_eigenimages"].shape == (2, 24, 24) and d["left_vectors"].shape == (4, 16 * d["measurement_shape"][-1])
         # sigma_1 of J = A J_f is at most ||A|| sigma_1(J_f) = ||A|| sqrt(lambda_1(NTK))
-        from ctdip.data.loader import load_scan
-        from ctdip.problem import Problem
+        from ctdip.core.data.loader import load_scan
+        from ctdip.core.problem import Problem
 
         opnorm = Problem.from_scan(load_scan(scan32)).opnorm
         assert s[0] <= 1.01 * opnorm * np.sqrt(d["ntk_eigenvalues"][0])

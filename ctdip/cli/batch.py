@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ctdip.cli._options import INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, parse_set
-from ctdip.validate import check_output_path
+from ctdip.core.validate import check_output_path
 
 
 def register(app: typer.Typer) -> None:
@@ -56,10 +56,10 @@ def register(app: typer.Typer) -> None:
         """Reconstruct many specimens: one run folder each; finished ones with the same settings are
         skipped, interrupted ones resumed; a live progress table; exit code 1 listing the failures,
         130/143 after Ctrl-C/SIGTERM (running specimens checkpoint; the same command continues)."""
-        from ctdip.batch import SlurmOptions, failure_lines, run_batch, specimen_line
-        from ctdip.batch_local import signal_name
+        from ctdip.workflows.batch import SlurmOptions, failure_lines, run_batch, specimen_line
+        from ctdip.workflows.batch_local import signal_name
         from ctdip.errors import UserError
-        from ctdip.evaluate import format_rows, rich_table
+        from ctdip.workflows.evaluate import format_rows, rich_table
 
         if executor not in ("local", "slurm"):
             raise UserError(f"unknown executor '{executor}'; choose one of: local, slurm")
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
                         "orbit": orbit}
         options = {"seed": seed, "device": device, "backend": backend, "holdout": holdout, "stop_early": stop_early}
         if time_limit is not None:
-            from ctdip.reconstruct import parse_time_limit
+            from ctdip.workflows.reconstruct import parse_time_limit
 
             options["time_limit"] = parse_time_limit(time_limit)
         params = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,

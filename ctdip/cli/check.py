@@ -2,7 +2,7 @@
 
 Layout, projections (file, shape, dtype, value range), flats/darks, the geometry (type, views,
 angle range, distances, detector, pixel size, offsets), the volume grid, the field of view, the
-reference, and the plausibility warnings of :mod:`ctdip.data.sanity`. Exit 0 when the scan can be
+reference, and the plausibility warnings of :mod:`ctdip.core.data.sanity`. Exit 0 when the scan can be
 reconstructed, 2 with one ``error:`` line when it cannot.
 """
 
@@ -43,7 +43,7 @@ def detector_offsets_mm(geom) -> tuple[float, float]:
 def fov_radius_mm(geom) -> float | None:
     """Radius of the circle around the rotation axis seen in every view (None if the axis is not)."""
     from ctdip.errors import UserError
-    from ctdip.geometry import VolumeGeometry
+    from ctdip.core.geometry import VolumeGeometry
 
     try:
         v = VolumeGeometry.fov(geom, 100)
@@ -56,8 +56,8 @@ def describe(scan_path: Path, opts: dict[str, Any]) -> dict:
     """Everything ``ctdip check`` reports, as a JSON-ready dict."""
     import numpy as np
 
-    from ctdip.data.io import tiff_dtype
-    from ctdip.data.loader import load_scan, open_source, scan_options
+    from ctdip.core.io import tiff_dtype
+    from ctdip.core.data.loader import load_scan, open_source, scan_options
 
     opts = scan_options(**opts)
     sc = load_scan(scan_path, **opts, print_warnings=False)

@@ -1,6 +1,6 @@
 """``ctdip pretrain``: EDIP warm starts on synthetic ellipses, and ``ctdip pretrain denoiser``.
 
-Numerics live in :mod:`ctdip.pretrain` and :mod:`ctdip.pretrain_denoiser`; this module parses
+Numerics live in :mod:`ctdip.training.pretrain` and :mod:`ctdip.training.denoiser`; this module parses
 options, resolves the geometry (the same ``--scan/--geometry/--setup`` options as ``reconstruct``)
 and shows a rich progress bar with samples/s.
 """
@@ -16,7 +16,7 @@ import typer
 
 from ctdip.cli._options import ORBIT
 from ctdip.errors import UserError
-from ctdip.validate import check_output_path
+from ctdip.core.validate import check_output_path
 
 HELP = ("Pretrain the DIP U-Net on synthetic ellipses for a geometry (EDIP warm start); "
         "'ctdip pretrain denoiser' trains a DRUNet denoiser for admm/hqs/red.")
@@ -45,7 +45,7 @@ def resolve_geometry(scan: Optional[Path], geometry: Optional[Path], setup: Opti
         raise UserError("give one of --scan SCAN or --geometry geometry.yaml (--setup NAME adds its scan "
                         "options to either)")
     if scan is not None:
-        from ctdip.data.loader import load_scan
+        from ctdip.core.data.loader import load_scan
 
         sc = load_scan(scan, angles=angles, bin=bin_, slice=slice_, mode=mode, size=size, orbit=orbit,
                        setup=setup, read_reference=False)
@@ -54,10 +54,10 @@ def resolve_geometry(scan: Optional[Path], geometry: Optional[Path], setup: Opti
 
 
 def _geometry_from_yaml(path: Path, setup, angles, bin_, slice_, size, mode):
-    """The options of :func:`ctdip.data.loader.load_scan` applied to a bare geometry.yaml."""
-    from ctdip.data.ctdip_layout import parse_geometry
-    from ctdip.data.loader import detector_row_through, mode_and_bin, parse_slice, scan_options, warn_binning
-    from ctdip.geometry import VolumeGeometry
+    """The options of :func:`ctdip.core.data.loader.load_scan` applied to a bare geometry.yaml."""
+    from ctdip.core.data.ctdip_layout import parse_geometry
+    from ctdip.core.data.loader import detector_row_through, mode_and_bin, parse_slice, scan_options, warn_binning
+    from ctdip.core.geometry import VolumeGeometry
 
     if not Path(path).is_file():
         raise UserError("geometry file not found", path=path)
@@ -90,7 +90,7 @@ class _Bar:
     """Rich progress on stderr: step, samples/s, loss, validation figure."""
 
     def __init__(self, total: int, label: str, key: str, fmt: str, quiet: bool):
-        from ctdip.estimate import StepEstimate
+        from ctdip.core.estimate import StepEstimate
 
         self.quiet, self.key, self.fmt = quiet, key, fmt
         self.last_val: str = "-"
@@ -170,8 +170,8 @@ def pretrain_command(
         raise UserError("missing -o/--output weights file (e.g. -o weights/walnut20.pt)")
     check_output_path(output, "file")
     from ctdip.networks import network_preset
-    from ctdip.operators import RayTransform
-    from ctdip.pretrain import PretrainConfig, checkpoint_dir, pretrain
+    from ctdip.core.operators import RayTransform
+    from ctdip.training.pretrain import PretrainConfig, checkpoint_dir, pretrain
 
     cfg = PretrainConfig(samples=samples, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, noise=noise,
                          n_ellipses=n_ellipses, val_every=val_every, checkpoint_every=checkpoint_every,
@@ -228,8 +228,8 @@ def denoiser_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Train a DRUNet-style Gaussian denoiser D(x, sigma) for admm / hqs / red (--denoiser FILE)."""
-    from ctdip.pretrain import checkpoint_dir
-    from ctdip.pretrain_denoiser import DenoiserConfig, train_denoiser
+    from ctdip.training.pretrain import checkpoint_dir
+    from ctdip.training.denoiser import DenoiserConfig, train_denoiser
 
     check_output_path(output, "file")
 

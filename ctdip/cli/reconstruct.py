@@ -54,8 +54,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     ) -> None:
         """Reconstruct a scan folder into a run folder (recon.tif, metrics.csv, summary.json, previews)."""
-        from ctdip.data.loader import load_setup
-        from ctdip.reconstruct import reconstruct, resume_settings
+        from ctdip.core.data.loader import load_setup
+        from ctdip.workflows.reconstruct import reconstruct, resume_settings
 
         named = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
                  "weights": None if weights is None else str(weights), "denoiser": denoiser, "force": force,
@@ -145,6 +145,6 @@ def interrupted(e: KeyboardInterrupt, out: Optional[Path]) -> None:
 
 
 def canonical(name: str) -> str:
-    from ctdip.reconstruct import canonical_method
+    from ctdip.workflows.reconstruct import canonical_method
 
     return canonical_method(name)

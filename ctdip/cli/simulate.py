@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         import json
         import sys
 
-        from ctdip.data.simulate import PHANTOM_NAMES, simulate
+        from ctdip.core.data.simulate import PHANTOM_NAMES, simulate
         from ctdip.errors import UserError
 
         if from_volume is None and phantom not in PHANTOM_NAMES:

@@ -32,10 +32,10 @@ def register(app: typer.Typer) -> None:
         shares and an .npz with everything."""
         import torch
 
-        from ctdip.reconstruct import resolve_device
-        from ctdip.spectrum import load_subject, run_spectrum, summary_lines
+        from ctdip.workflows.reconstruct import resolve_device
+        from ctdip.workflows.spectrum import load_subject, run_spectrum, summary_lines
 
-        from ctdip.validate import NONNEG_INT, POSITIVE_INT, check_output_path
+        from ctdip.core.validate import NONNEG_INT, POSITIVE_INT, check_output_path
 
         for opt, value, rule in (("--rank", rank, POSITIVE_INT), ("--chunk", chunk, POSITIVE_INT),
                                  ("--ntk-rank", ntk_rank, NONNEG_INT), ("--oversample", oversample, NONNEG_INT),

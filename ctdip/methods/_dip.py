@@ -3,7 +3,7 @@
 Every DIP method is a :class:`DIPMethod`: it resolves its parameters (engine-wide defaults
 :data:`COMMON_DEFAULTS`, then ``presets/methods/<name>.yaml``, then the keyword arguments the
 driver passes from the CLI), builds the network and its input, and hands itself to
-:class:`ctdip.engine.Engine` as the :class:`~ctdip.engine.DIPModel`.
+:class:`ctdip.dip.engine.Engine` as the :class:`~ctdip.dip.engine.DIPModel`.
 
 Loss normalisation (recorded in ``summary.json`` under ``loss_normalisation``)::
 
@@ -29,13 +29,14 @@ from typing import Any, ClassVar
 import torch
 import yaml
 
-from ctdip.engine import DIPModel, Engine, EngineConfig, StepOut
+from ctdip.dip.engine import DIPModel, Engine, EngineConfig, StepOut
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult, RunContext
-from ctdip.networks.denoisers import tv_norm
-from ctdip.validate import check_params, choice
+from ctdip.priors.denoisers import tv_norm
+from ctdip.core.validate import check_params, choice
+from ctdip.core.io import preset_dir
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "methods"
+PRESET_DIR = preset_dir("methods")
 
 #: Engine-wide defaults (every DIP method accepts these); sources in ``COMMON_SOURCES``.
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -62,7 +63,7 @@ COMMON_SOURCES = {
     "es_window": "Wang et al. 2021 ES-WMV, W = 100",
     "es_patience": "tuned here (Wang et al. 2021 use P of the order of the window to 1000)",
     "ema_decay": "Liang et al. 2025 (self-guided DIP) output EMA",
-    "lr_schedule": "constant (cosine: decay to 5 % of lr, ctdip.engine.lr_factor)",
+    "lr_schedule": "constant (cosine: decay to 5 % of lr, ctdip.dip.engine.lr_factor)",
     "network": "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)",
     "view_batch": "0 = every view each step; K = a random subset of K views per step (handbook §5.3, ctdip/methods/_view_subsets.py)",
 }
@@ -128,7 +129,7 @@ class DIPMethod(Method, DIPModel):
             raise UserError(f"--input: must be one of {', '.join(INPUT_KINDS)}, got '{resolved['input']}'")
         resolved = check_params(resolved)
         choice(str(resolved["optimizer"]).lower(), "--set optimizer", OPTIMIZERS)
-        from ctdip.engine import LR_SCHEDULES
+        from ctdip.dip.engine import LR_SCHEDULES
 
         choice(str(resolved["lr_schedule"]), "--set lr_schedule", LR_SCHEDULES)
         super().__init__(**resolved)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ctdip.errors import UserError
-from ctdip.networks.denoisers import Denoiser, load_denoiser
+from ctdip.priors.denoisers import Denoiser, load_denoiser
 
 
 def make_denoiser(method) -> Denoiser:

@@ -61,7 +61,7 @@ class ViewSubset:
 
     def __call__(self, x: torch.Tensor, views: np.ndarray) -> torch.Tensor:
         """``A_S x`` for x (..., z, y, x) -> (..., K, rows, cols), differentiable."""
-        from ctdip.operators import _Apply
+        from ctdip.core.operators import _Apply
 
         A = self.A
         if self.mode == "select":
@@ -80,7 +80,7 @@ class ViewSubset:
             def adj(g: torch.Tensor) -> torch.Tensor:
                 return impl._apply(MsT, g.reshape(g.shape[0], -1)).reshape(g.shape[0], *A.domain_shape)
         else:
-            from ctdip.operators._torch import TorchRayTransform
+            from ctdip.core.operators._torch import TorchRayTransform
 
             full = A._impl
             sub = TorchRayTransform(A.geometry.select(views), A.volume, full.device)

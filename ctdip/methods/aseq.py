@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ctdip.engine import StepOut
+from ctdip.dip.engine import StepOut
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 

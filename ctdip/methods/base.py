@@ -1,6 +1,6 @@
 """What every reconstruction method implements, classical or DIP.
 
-The driver (``ctdip.reconstruct``) builds a :class:`~ctdip.problem.Problem`, resolves the method's
+The driver (``ctdip.workflows.reconstruct``) builds a :class:`~ctdip.core.problem.Problem`, resolves the method's
 parameters (preset YAML, then CLI overrides), makes the run folder, and calls::
 
     method = cls(**params)
@@ -9,7 +9,7 @@ parameters (preset YAML, then CLI overrides), makes the run folder, and calls::
 ``ctx`` carries the run folder, seed, progress reporting and stop/resume settings; the method
 returns a :class:`MethodResult` with images in the problem's *scaled* units (the driver unscales,
 writes ``recon.tif``/``recon_es.tif``/``recon_best.tif``, ``summary.json`` and the previews).
-Metrics rows (``ctdip.runs.METRIC_COLUMNS``) are appended to ``metrics.csv`` by the method (the
+Metrics rows (``ctdip.dip.runs.METRIC_COLUMNS``) are appended to ``metrics.csv`` by the method (the
 engine does it as it goes, so a killed run keeps its log).
 """
 
@@ -23,7 +23,7 @@ import torch
 
 @dataclass
 class RunContext:
-    run: Any = None  # ctdip.runs.RunFolder or None (library use without a folder)
+    run: Any = None  # ctdip.dip.runs.RunFolder or None (library use without a folder)
     seed: int = 0
     resume: bool = False
     quiet: bool = False

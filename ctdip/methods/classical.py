@@ -1,6 +1,6 @@
 """Classical reconstructions: FBP/FDK, CGLS and TV by the primal-dual hybrid gradient.
 
-All work on the problem's scaled data ``y = A x`` (images O(1), see :mod:`ctdip.problem`).
+All work on the problem's scaled data ``y = A x`` (images O(1), see :mod:`ctdip.core.problem`).
 
 **fbp** (registered ``fbp``, alias ``fdk``): ctdip's weighted filtered backprojection
 (parallel/fan FBP, cone FDK), ``x = FBP_filter(y)``. Default filter: Hann-windowed ramp, measured
@@ -32,7 +32,7 @@ with ``K = [A~; grad]``, ``||K||^2 <= 1 + 8`` (2D) or ``1 + 12`` (3D) and
 
 ``lambda`` is ``tv_weight``: dividing A and y by ||A|| makes it independent of the geometry's
 scale; the images are O(1) (the Problem's intensity scale). The default ``tv_weight: auto`` chooses
-lambda without a reference by K-fold cross-validation on held-out views (:mod:`ctdip.selection`):
+lambda without a reference by K-fold cross-validation on held-out views (:mod:`ctdip.methods.selection`):
 the same solver with a view mask M (``1/2 ||M (A~ x - y~)||^2``, all folds as one batch), the
 held-out residual of each weight of ``cv_grid``, then all views at the minimiser. A number fixes
 lambda (see ``presets/methods/pdhg-tv.yaml``).
@@ -53,10 +53,11 @@ import yaml
 
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult, RunContext
-from ctdip.validate import check_params
-from ctdip.tv import grad, grad_adjoint, tv  # noqa: F401  (grad, grad_adjoint re-exported)
+from ctdip.core.validate import check_params
+from ctdip.priors.tv import grad, grad_adjoint, tv  # noqa: F401  (grad, grad_adjoint re-exported)
+from ctdip.core.io import preset_dir
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "methods"
+PRESET_DIR = preset_dir("methods")
 
 
 def _preset(name: str) -> tuple[dict, dict]:
@@ -84,7 +85,7 @@ def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
             raise UserError(f"method '{method}': parameter '{key}' expects true/false, got '{value}'")
         return value
     if isinstance(default, int):
-        if isinstance(value, float):  # 3.0 -> 3; 2.5 is refused by ctdip.validate with the option's name
+        if isinstance(value, float):  # 3.0 -> 3; 2.5 is refused by ctdip.core.validate with the option's name
             return int(value) if value.is_integer() else value
         if not isinstance(value, int) or isinstance(value, bool):
             raise UserError(f"method '{method}': parameter '{key}' expects an integer, got '{value}'")
@@ -123,7 +124,7 @@ class ClassicalMethod(Method):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _metrics(problem, x: torch.Tensor, it: int, log_ssim: bool) -> dict:
-        from ctdip import metrics
+        from ctdip.core import metrics
 
         row: dict[str, Any] = {"iter": it}
         if problem.reference is not None:
@@ -141,7 +142,7 @@ class ClassicalMethod(Method):
         best = (-float("inf"), 0, None)
         t0 = time.perf_counter()
         x = x0
-        from ctdip.estimate import StepEstimate
+        from ctdip.core.estimate import StepEstimate
 
         estimate = StepEstimate("iterations", "it", enabled=not ctx.quiet)
         for k in range(1, n_iter + 1):
@@ -177,8 +178,8 @@ class FBP(ClassicalMethod):
     defaults = {"filter": "hann"}
 
     def run(self, problem, ctx: RunContext) -> MethodResult:
-        from ctdip import metrics
-        from ctdip.operators import fbp
+        from ctdip.core import metrics
+        from ctdip.core.operators import fbp
 
         t0 = time.perf_counter()
         filt = str(self.p["filter"])
@@ -290,7 +291,7 @@ class PDHGTV(ClassicalMethod):
     """Isotropic-TV reconstruction with nonnegativity by Chambolle–Pock PDHG (module docstring).
 
     ``tv_weight: auto`` (the preset default) chooses lambda without a reference by K-fold
-    cross-validation over held-out views (:func:`ctdip.selection.cv_tv_weight`), then
+    cross-validation over held-out views (:func:`ctdip.methods.selection.cv_tv_weight`), then
     reconstructs from all views at the chosen weight; grid, residuals and choice go into the
     summary (``tv_weight_choice``).
     """
@@ -305,12 +306,12 @@ class PDHGTV(ClassicalMethod):
             raise UserError(f"method 'pdhg-tv': init must be 'fbp' or 'zero', got '{p['init']}'")
         if int(p["cv_folds"]) < 2:
             raise UserError(f"method 'pdhg-tv': cv_folds must be at least 2, got {p['cv_folds']}")
-        from ctdip.selection import parse_grid
+        from ctdip.methods.selection import parse_grid
 
         parse_grid(p["cv_grid"], "pdhg-tv")
 
     def run(self, problem, ctx: RunContext) -> MethodResult:
-        from ctdip.selection import cv_tv_weight, parse_grid
+        from ctdip.methods.selection import cv_tv_weight, parse_grid
 
         choice = None
         lam = self.p["tv_weight"]

@@ -14,7 +14,7 @@ and the returned image is the minimum-loss iterate, ``argmin_t L(theta_t)`` (Bar
 
 Weights: ``--weights FILE`` (a ``kind: unet`` file of ``ctdip pretrain``); its geometry key must
 match the problem's unless ``force``. Without ``--weights`` the pretraining module's cached or
-freshly pretrained warm start is used (``ctdip.pretrain.ensure_warm_start``).
+freshly pretrained warm start is used (``ctdip.training.pretrain.ensure_warm_start``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from ctdip.engine import StepOut
+from ctdip.dip.engine import StepOut
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 from ctdip.networks.weights import build_from_weights, load_weights, problem_geometry_key
@@ -38,7 +38,7 @@ class EDIP(DIPMethod):
         if self.p["weights"]:
             return self.p["weights"]
         try:
-            from ctdip.pretrain import ensure_warm_start
+            from ctdip.training.pretrain import ensure_warm_start
         except ImportError:
             raise UserError(f"method '{self.name}' needs --weights FILE (pretrained U-Net weights)") from None
         return ensure_warm_start(problem, arch, quiet=bool(getattr(self.ctx, "quiet", False)))

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ctdip.engine import StepOut
+from ctdip.dip.engine import StepOut
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import make_denoiser
 

@@ -8,8 +8,8 @@
 so the final iterate stays close to the peak.
 
 ``tv_weight: auto`` chooses lambda without a reference: K-fold held-out-view cross-validation of
-the convex PDHG-TV weight (:func:`ctdip.selection.cv_tv_weight`), carried over to this loss by
-:func:`ctdip.selection.dip_tv_weight` times ``tv_factor`` (the network regularises too, so it wants
+the convex PDHG-TV weight (:func:`ctdip.methods.selection.cv_tv_weight`), carried over to this loss by
+:func:`ctdip.methods.selection.dip_tv_weight` times ``tv_factor`` (the network regularises too, so it wants
 less TV than TV alone). ``output`` picks the returned image: the final iterate or the output EMA.
 
 **recommended** (``--method recommended``) is this method with the preset chosen on the tuning
@@ -18,7 +18,7 @@ slices for quality per CPU-minute (``presets/methods/recommended.yaml``).
 
 from __future__ import annotations
 
-from ctdip.engine import StepOut
+from ctdip.dip.engine import StepOut
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 
@@ -31,8 +31,8 @@ class TVDIP(DIPMethod):
                       "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
 
     def __init__(self, **params):
-        super().__init__(**params)  # tv_weight: a number >= 0 or "auto" (ctdip.validate)
-        from ctdip.selection import parse_grid
+        super().__init__(**params)  # tv_weight: a number >= 0 or "auto" (ctdip.core.validate)
+        from ctdip.methods.selection import parse_grid
 
         if self.p["output"] not in OUTPUTS:
             raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{self.p['output']}'")
@@ -42,7 +42,7 @@ class TVDIP(DIPMethod):
     def setup(self, problem, gen) -> None:
         self.weight = self.p["tv_weight"]
         if self.weight == "auto":
-            from ctdip.selection import cv_tv_weight, dip_tv_weight, parse_grid
+            from ctdip.methods.selection import cv_tv_weight, dip_tv_weight, parse_grid
 
             self.choice = cv_tv_weight(problem, parse_grid(self.p["cv_grid"], self.name),
                                        folds=int(self.p["cv_folds"]), iterations=int(self.p["cv_iterations"]),

@@ -6,7 +6,7 @@ auxiliary u, penalised by mu_k/2 mean (x - u)^2 with an increasing mu_k::
     theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
                                                                      + mu_k/2 mean (f_theta(z) - u)^2 ])
     u-step (every ``u_every``):     u <- argmin_u lambda TV(u) + mu_k/2 mean (x - u)^2
-                                       = prox_{(lambda/mu_k) TV_sum}(x)      (FGP, ctdip.networks.denoisers)
+                                       = prox_{(lambda/mu_k) TV_sum}(x)      (FGP, ctdip.priors.denoisers)
     mu-schedule:                   mu_{k+1} = min(mu_growth * mu_k, mu_max)  (per u-step)
 
 TV is the mean over voxels in the objective (TV_sum = n TV), so the prox weight is lambda/mu on
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ctdip.methods.hqs import HQSDenoiser
-from ctdip.networks.denoisers import tv_prox
+from ctdip.priors.denoisers import tv_prox
 
 
 class TVHQS(HQSDenoiser):

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from ctdip.errors import UserError
+from ctdip.core.io import preset_dir
 
 NETWORKS: dict[str, str] = {
     "unet": "ctdip.networks.unet:UNet",
@@ -30,7 +31,7 @@ NETWORKS: dict[str, str] = {
     "deep-decoder": "ctdip.networks.deep_decoder:DeepDecoder",
 }
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets" / "networks"
+PRESET_DIR = preset_dir("networks")
 DEFAULT_PRESET = "light"
 
 

@@ -8,7 +8,7 @@ covers a range of noise levels::
 
 As in the original, ``in_channels`` counts the noise-level map (``in_channels = C + 1``,
 ``out_channels = C``), so ``forward(x, sigma)`` appends the map itself and ``forward(xs)`` accepts
-an input that already carries it as its last channel (what ``ctdip.networks.denoisers`` does for
+an input that already carries it as its last channel (what ``ctdip.priors.denoisers`` does for
 any ``kind: denoiser`` network with ``in_channels == out_channels + 1``).
 
 With ``residual=True`` (the default here) the network predicts the noise,

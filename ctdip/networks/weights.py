@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ctdip.errors import UserError
-from ctdip.runs import atomic_write_bytes
+from ctdip.core.io import atomic_write_bytes
 
 FORMAT = "ctdip-weights/1"
 KINDS = ("unet", "denoiser")

@@ -1,7 +1,7 @@
 """Batch reconstruction of many specimens (``ctdip batch``): local worker processes or Slurm (submitit).
 
 Each scan folder gets one run folder, ``<output>/<scan name>/``, made by the same driver as
-``ctdip reconstruct`` (:func:`ctdip.reconstruct.reconstruct`). Before anything runs, every
+``ctdip reconstruct`` (:func:`ctdip.workflows.reconstruct.reconstruct`). Before anything runs, every
 specimen is classified:
 
 * ``done``: its run folder is finished (``RunFolder.is_finished``: summary.json + recon.tif);
@@ -20,7 +20,7 @@ folders are removed and done again from scratch.
 Executors:
 
 * ``local``: ``--jobs J`` spawned worker processes fed one specimen at a time by the parent
-  (:mod:`ctdip.batch_local`: signals, no orphans), each with its own torch thread pool of
+  (:mod:`ctdip.workflows.batch_local`: signals, no orphans), each with its own torch thread pool of
   ``max(1, cores // J)`` threads: CPU-bound reconstructions then share the machine without
   oversubscription. Default ``J = min(specimens, max(1, cores // 4))``.
 * ``slurm``: one Slurm array job through submitit's ``AutoExecutor`` (partition, time, GPUs,
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ctdip.errors import CtdipError, UserError
-from ctdip.runs import RunFolder
+from ctdip.dip.runs import RunFolder
 
 STATES = ("new", "resume", "done", "queued", "running", "finished", "failed", "interrupted", "not_started")
 
@@ -131,7 +131,7 @@ def requested_settings(method: str, params: dict | None = None, scan_options: di
     resolved parameters (preset < ``params``, completed by the method class exactly as the driver
     does), the given scan options, seed, holdout fraction and early stopping. Building the method
     object also refuses unknown or invalid parameters before anything starts."""
-    from ctdip.reconstruct import resolve_method
+    from ctdip.workflows.reconstruct import resolve_method
 
     name, _, _, _, _, resolved = resolve_method(method, params)
     opts = dict(options or {})
@@ -152,9 +152,9 @@ def _yaml_plain(d: dict) -> dict:
     """``d`` as it reads back from YAML (tuples -> lists, numpy scalars -> floats, ...)."""
     import yaml
 
-    from ctdip.runs import _plain
+    from ctdip.core.io import plain
 
-    return yaml.safe_load(yaml.safe_dump(_plain(d), sort_keys=False))
+    return yaml.safe_load(yaml.safe_dump(plain(d), sort_keys=False))
 
 
 def settings_diff(recorded: dict, wanted: dict) -> list[str]:
@@ -183,7 +183,7 @@ def check_settings(specs: list[Specimen], wanted: dict, rerun: bool = False) -> 
     A run whose recorded settings differ (or whose config.yaml cannot be read) is refused with
     one :class:`UserError` line naming the specimens and the differences, unless ``rerun``: then
     those specimens are returned (the caller removes their run folders and starts them again)."""
-    from ctdip.data.io import read_yaml
+    from ctdip.core.io import read_yaml
 
     differ: list[tuple[Specimen, list[str]]] = []
     for s in specs:
@@ -225,7 +225,7 @@ def _remove_run(spec: Specimen) -> None:
 def run_specimen(scan: str, run_dir: str, method: str, params: dict | None = None,
                  scan_options: dict | None = None, options: dict | None = None, threads: int | None = None,
                  resume: bool = False) -> dict:
-    """Reconstruct one specimen with :func:`ctdip.reconstruct.reconstruct`; never raises.
+    """Reconstruct one specimen with :func:`ctdip.workflows.reconstruct.reconstruct`; never raises.
 
     Returns ``{"ok": True, "summary": {...}}`` or ``{"ok": False, "error": "<one line>",
     "interrupted": bool}``. ``options`` are the driver's keyword options (seed, device, backend,
@@ -236,7 +236,7 @@ def run_specimen(scan: str, run_dir: str, method: str, params: dict | None = Non
     is ``{"ok": False, "interrupted": True, "signal": signum, "iteration": N}`` with ``N`` the
     checkpoint's iteration (None: no checkpoint yet, the specimen starts again).
     """
-    from ctdip.batch_local import SignalLatch, signal_from_message
+    from ctdip.workflows.batch_local import SignalLatch, signal_from_message
 
     latch = SignalLatch()
     try:
@@ -245,7 +245,7 @@ def run_specimen(scan: str, run_dir: str, method: str, params: dict | None = Non
                 import torch
 
                 torch.set_num_threads(int(threads))
-            from ctdip.reconstruct import reconstruct
+            from ctdip.workflows.reconstruct import reconstruct
 
             summary = reconstruct(str(scan), method, params=dict(params or {}), output=str(run_dir), resume=resume,
                                   quiet=True, **_driver_kwargs(scan_options, options))
@@ -577,9 +577,9 @@ def run_batch(
     A run that exists with other settings (:func:`check_settings`) is refused before anything
     starts, or with ``rerun`` removed and done again. Writes ``output/batch_status.json`` and,
     when runs finished, ``output/batch_summary.{csv,md,json}``. A SIGINT/SIGTERM stops the batch
-    (:mod:`ctdip.batch_local`); the result then has ``signal`` set and the specimens' states.
+    (:mod:`ctdip.workflows.batch_local`); the result then has ``signal`` set and the specimens' states.
     """
-    from ctdip.batch_local import StopControl
+    from ctdip.workflows.batch_local import StopControl
 
     if executor not in ("local", "slurm", "debug", "submitit-local"):
         raise UserError(f"unknown executor '{executor}'; choose one of: local, slurm")
@@ -618,8 +618,8 @@ def write_batch_files(output: Path, specs: list[Specimen], rows: list[dict]) -> 
     ``batch_summary.{csv,md,json}`` (evaluate-style rows); returns the paths written."""
     import json
 
-    from ctdip.evaluate import format_rows
-    from ctdip.runs import atomic_write_text
+    from ctdip.workflows.evaluate import format_rows
+    from ctdip.core.io import atomic_write_text
 
     status = [{"specimen": s.name, "scan": str(s.scan), "run": str(s.run_dir), "state": s.state,
                "error": s.error, "job_id": s.job_id, "elapsed_s": s.elapsed, "iteration": s.iteration}
@@ -636,7 +636,7 @@ def write_batch_files(output: Path, specs: list[Specimen], rows: list[dict]) -> 
 
 def _run_local(todo: list[Specimen], method, params, scan_options, options, jobs, prog: Progress, poll_s,
                stop) -> None:
-    from ctdip.batch_local import run_pool
+    from ctdip.workflows.batch_local import run_pool
 
     if not todo:
         return
@@ -773,7 +773,7 @@ def _active_slurm_jobs(output: Path, specs: list[Specimen]) -> dict:
 
 def summary_rows(specs: list[Specimen]) -> list[dict]:
     """Evaluate-style rows for every finished run (failures get a row with their error)."""
-    from ctdip.evaluate import evaluate_entry, load_entry, run_reference
+    from ctdip.workflows.evaluate import evaluate_entry, load_entry, run_reference
 
     rows = []
     for s in specs:

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 from ctdip.errors import UserError
-from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-from ctdip.operators._matrix import cache_dir
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.io import cache_dir
 
-__all__ = ["RayTransform", "fbp", "BACKENDS", "cache_dir"]
+__all__ = ["RayTransform", "fbp", "BACKENDS"]
 
 BACKENDS = ("auto", "matrix", "torch", "astra-cuda")
 
@@ -77,7 +77,7 @@ class RayTransform:
 
     # ------------------------------------------------------------------ backends
     def _make(self, backend: str):
-        from ctdip.operators import _astra_cuda, _matrix, _torch
+        from ctdip.core.operators import _astra_cuda, _matrix, _torch
 
         g, v, dev = self.geometry, self.volume, self.device
         if backend == "auto":
@@ -165,7 +165,7 @@ class RayTransform:
                 lam = new
         self._norm = math.sqrt(lam)
         if use_cache:
-            from ctdip.runs import atomic_write_text
+            from ctdip.core.io import atomic_write_text
 
             try:
                 atomic_write_text(path, json.dumps({"norm": self._norm, "backend": self.backend}))
@@ -203,7 +203,7 @@ class _Adjoint:
 
 
 def fbp(*args, **kwargs) -> torch.Tensor:
-    """Filtered backprojection / FDK; see :func:`ctdip.operators.fbp_fdk.fbp`."""
-    from ctdip.operators.fbp_fdk import fbp as _fbp
+    """Filtered backprojection / FDK; see :func:`ctdip.core.operators.fbp_fdk.fbp`."""
+    from ctdip.core.operators.fbp_fdk import fbp as _fbp
 
     return _fbp(*args, **kwargs)

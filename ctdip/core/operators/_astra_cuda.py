@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ctdip.errors import UserError
-from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
 
 def available() -> bool:

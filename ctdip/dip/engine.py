@@ -12,7 +12,7 @@ A method supplies a :class:`DIPModel` (network, input, an ``objective`` for one 
         model.after_step(t, x_t)                      # e.g. an auxiliary/dual update, z <- f(z)
         callbacks: EMA, ES-WMV, best/min-loss picks, metrics row every n, checkpoint every M,
                    SIGTERM/SIGINT and the time budget; a one-line duration estimate after
-                   the first steps when the run will take over a minute (ctdip.estimate)
+                   the first steps when the run will take over a minute (ctdip.core.estimate)
 
 Callbacks (each has a ``state_dict`` saved in the checkpoint, so a resumed run is bit-identical):
 
@@ -432,7 +432,7 @@ class Engine:
 
     # ------------------------------------------------------------------ metrics
     def _row(self, it: int, out: dict, x: torch.Tensor, elapsed: float) -> dict:
-        from ctdip.metrics import ssim
+        from ctdip.core.metrics import ssim
 
         row = {"iter": it, "loss": out["loss"], "data_fit": out["data_fit"], "reg": out["reg"],
                "wmv": self.es.var if self.es.count >= self.es.window else None,
@@ -483,7 +483,7 @@ class Engine:
         pending: list[dict] = []
         old = self._install_signals()
         stopped = False
-        from ctdip.estimate import StepEstimate
+        from ctdip.core.estimate import StepEstimate
 
         estimate = StepEstimate("iterations", "it", enabled=not getattr(self.ctx, "quiet", False))
 
@@ -576,7 +576,7 @@ class Engine:
         if self.history:
             s["train_time_s"] = self.history[-1]["time_s"]
         if self.reference is not None:
-            from ctdip.metrics import ssim
+            from ctdip.core.metrics import ssim
 
             dr = self.picks.data_range
             s["peak_psnr"] = self.picks.peak_psnr

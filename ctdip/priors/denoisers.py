@@ -33,7 +33,7 @@ from typing import Protocol
 
 import torch
 
-from ctdip import tv
+from ctdip.priors import tv
 from ctdip.errors import UserError
 
 
@@ -64,7 +64,7 @@ def _spatial(x: torch.Tensor) -> tuple[int, ...]:
 
 def grad(x: torch.Tensor) -> torch.Tensor:
     """Forward differences over the spatial dims (2..) with zero at the far boundary
-    (:func:`ctdip.tv.grad`). (N, C, *S) -> (d, N, C, *S)."""
+    (:func:`ctdip.priors.tv.grad`). (N, C, *S) -> (d, N, C, *S)."""
     return tv.grad(x, _spatial(x))
 
 

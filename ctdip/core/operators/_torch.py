@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
 # Samples (rays x steps x batch) per chunk: bounds peak memory to a few hundred MB.
 _POINTS_PER_CHUNK = 2**22

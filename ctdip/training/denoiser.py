@@ -1,7 +1,7 @@
 """Training a DRUNet-style Gaussian denoiser ``D(x, sigma)`` on synthetic CT-like images.
 
 The denoiser is what ``admm``, ``hqs`` and ``red`` plug in with ``--denoiser denoiser.pt``
-(``ctdip.networks.denoisers.load_denoiser``). Training, after Zhang et al. 2021 (DRUNet):
+(``ctdip.priors.denoisers.load_denoiser``). Training, after Zhang et al. 2021 (DRUNet):
 
 * **Clean images** ``x`` (``patch`` x ``patch``), in ctdip's O(1) intensity convention, drawn per
   sample from the chosen sources: random ellipses (``random_ellipses``, already in [0, 1]),
@@ -16,11 +16,11 @@ The denoiser is what ``admm``, ``hqs`` and ``red`` plug in with ``--denoiser den
   ``s ~ U(0.5, 2)`` pixels and rescaled to unit standard deviation per image, a cheap stand-in for
   the streaks and blotches of a sparse-view iterate that ADMM / HQS / RED hand to the denoiser.
 * **Loss** ``L(theta) = mean | D_theta(x_noisy, sigma) - x |`` (L1, as DRUNet), Adam with the
-  one-cycle schedule of :mod:`ctdip.pretrain`, mini-batches generated on the training device.
+  one-cycle schedule of :mod:`ctdip.training.pretrain`, mini-batches generated on the training device.
 * **Validation** every ``val_every`` steps on a fixed set (Shepp–Logan, a walnut slice, ellipses)
   at sigma in {0.05, 0.1, 0.2}: the MSE of the noisy and of the denoised images.
 
-Checkpoints, ``--resume`` and the log follow :mod:`ctdip.pretrain` (``<out>.ckpt/`` beside the
+Checkpoints, ``--resume`` and the log follow :mod:`ctdip.training.pretrain` (``<out>.ckpt/`` beside the
 output: ``state.pt``, ``best.pt``, ``step_NNNNNN.pt``, ``log.csv``); ``best.pt`` is the lowest mean
 validation MSE and is what is written to ``out``.
 """
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ctdip.errors import UserError
-from ctdip.pretrain import (Progress, _generator, _load_training_state, _one_cycle, _optimiser_step,
+from ctdip.training.pretrain import (Progress, _generator, _load_training_state, _one_cycle, _optimiser_step,
                             _save_training_state, checkpoint_dir)
 
 VAL_SIGMAS = (0.05, 0.1, 0.2)
@@ -68,7 +68,7 @@ class DenoiserConfig:
     note: str = ""
 
     def validate(self) -> None:
-        from ctdip.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Rule, choice
+        from ctdip.core.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, Rule, choice
 
         for opt, name, rule in (("--steps", "steps", POSITIVE_INT), ("--batch-size", "batch_size", POSITIVE_INT),
                                 ("--lr", "lr", LEARNING_RATE),
@@ -122,7 +122,7 @@ class ImageSampler:
     """Batches of clean O(1) training patches (N, 1, patch, patch) from the configured sources."""
 
     def __init__(self, cfg: DenoiserConfig, device: torch.device):
-        from ctdip.data.phantoms import walnut
+        from ctdip.core.data.phantoms import walnut
 
         self.cfg, self.device = cfg, device
         self.pools: dict[str, list[torch.Tensor]] = {}
@@ -153,7 +153,7 @@ class ImageSampler:
         return torch.stack(out)
 
     def sample(self, n: int, g: torch.Generator) -> torch.Tensor:
-        from ctdip.data.phantoms import random_ellipses
+        from ctdip.core.data.phantoms import random_ellipses
 
         src = list(self.cfg.sources)
         pick = torch.randint(len(src), (n,), generator=g, device=g.device).cpu()
@@ -200,7 +200,7 @@ def psnr_gains(val: dict) -> dict[str, float]:
 
 def validation_set(cfg: DenoiserConfig, device: torch.device) -> torch.Tensor:
     """Fixed clean validation images (N, 1, patch, patch): Shepp–Logan, a walnut, 6 ellipse images."""
-    from ctdip.data.phantoms import random_ellipses, shepp_logan, walnut
+    from ctdip.core.data.phantoms import random_ellipses, shepp_logan, walnut
 
     p = cfg.patch
     w = walnut((p, p), seed=999)

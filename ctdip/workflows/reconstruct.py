@@ -6,7 +6,7 @@
    ``presets/methods/<name>.yaml`` (``params:``, with a ``sources:`` note per default) < ``params``
    overrides; the method object is built (and refuses unknown parameters) before anything is
    written;
-2. builds the :class:`~ctdip.problem.Problem` (operator, scaled data, FBP/FDK, reference);
+2. builds the :class:`~ctdip.core.problem.Problem` (operator, scaled data, FBP/FDK, reference);
 3. creates the run folder (default ``runs/<timestamp>_<method>_<dataset>``; with ``resume`` the
    existing folder, whose ``config.yaml`` restores method, parameters, seed and scan options via
    :func:`resume_settings`) and writes ``config.yaml``;
@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from ctdip.errors import UserError
-from ctdip.validate import FRACTION
+from ctdip.core.validate import FRACTION
+from ctdip.core.io import preset_dir
 
-PRESET_DIR = Path(__file__).resolve().parent / "presets" / "methods"
+PRESET_DIR = preset_dir("methods")
 
 
 @dataclass
@@ -64,7 +65,7 @@ def canonical_method(name: str) -> str:
 
 def method_preset(name: str) -> dict:
     """``{"path", "params", "sources"}`` of ``presets/methods/<name>.yaml`` (empty if absent)."""
-    from ctdip.data.io import read_yaml
+    from ctdip.core.io import read_yaml
 
     p = PRESET_DIR / f"{name}.yaml"
     if not p.is_file():
@@ -150,7 +151,7 @@ def versions() -> dict:
 def resume_settings(run_dir: str | Path) -> dict:
     """What ``--resume RUN`` restores from the run's ``config.yaml``: method, overrides, seed,
     scan folder and options, backend, holdout."""
-    from ctdip.runs import RunFolder
+    from ctdip.dip.runs import RunFolder
 
     run = RunFolder(run_dir)
     p = run.file("config.yaml")
@@ -158,7 +159,7 @@ def resume_settings(run_dir: str | Path) -> dict:
         raise UserError("run folder to resume not found", path=run.path)
     if not p.is_file():
         raise UserError("not a run folder (no config.yaml)", path=run.path)
-    from ctdip.data.io import read_yaml
+    from ctdip.core.io import read_yaml
 
     cfg = read_yaml(p)
     for key in ("method", "scan"):
@@ -237,7 +238,7 @@ _SHADOWED = ("peak_psnr", "peak_iter", "final_psnr", "final_ssim", "returned_psn
 
 def build_summary(problem, result, rows: list[dict], wall_s: float, method: str, run_path: Path,
                   extras_np: dict[str, np.ndarray], recon_np: np.ndarray | None = None) -> dict:
-    """summary.json, with the numbers of :func:`ctdip.metrics.curve_numbers` (one meaning each):
+    """summary.json, with the numbers of :func:`ctdip.core.metrics.curve_numbers` (one meaning each):
 
     * ``returned``: PSNR/SSIM of ``recon.tif`` (``recon_np``, as written) against the reference;
     * ``final``: the last logged iterate ``{iter, psnr, ssim}`` (a method that logs no curve has
@@ -246,7 +247,7 @@ def build_summary(problem, result, rows: list[dict], wall_s: float, method: str,
     * ``early_stop`` (the ES-WMV pick ``recon_es.tif``), ``fbp`` (the Ram-Lak FBP/FDK input),
       ``steady_psnr``/``rise_time`` (EDIP paper), wall time and files.
     """
-    from ctdip import metrics
+    from ctdip.core import metrics
 
     s: dict[str, Any] = {"method": method, "run": str(run_path), "wall_time_s": round(wall_s, 3)}
     rs = {k: v for k, v in dict(result.summary or {}).items() if k not in _SHADOWED}
@@ -280,9 +281,9 @@ def build_summary(problem, result, rows: list[dict], wall_s: float, method: str,
 
 
 def _check_run_folder(run_path: Path, resume: bool) -> None:
-    """The run folder can be written (``ctdip.validate.check_output_path``): a new or empty folder,
+    """The run folder can be written (``ctdip.core.validate.check_output_path``): a new or empty folder,
     or with ``resume`` an existing run folder."""
-    from ctdip.validate import check_output_path
+    from ctdip.core.validate import check_output_path
 
     check_output_path(run_path, "folder")
     if resume:
@@ -308,7 +309,7 @@ class _FailedStartCleanup:
             top = top.parent
         self.created_top = None if self.path.exists() else top  # highest folder this call creates
         self.was_empty = self.path.is_dir() and not any(self.path.iterdir())
-        from ctdip.runs import RunFolder
+        from ctdip.dip.runs import RunFolder
 
         RunFolder(self.path).clean_stale_temporaries()
 
@@ -333,7 +334,7 @@ class _FailedStartCleanup:
 
 
 def reconstruct(*args, **kwargs) -> RunSummary:
-    """Run ``method`` on ``scan`` (a :class:`~ctdip.data.Scan` or a scan folder, read with
+    """Run ``method`` on ``scan`` (a :class:`~ctdip.core.data.Scan` or a scan folder, read with
     ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring).
     Arguments: those of :func:`_reconstruct`. A start that fails leaves no run folder behind."""
     guard = _FailedStartCleanup()
@@ -347,14 +348,14 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
                 quiet: bool = False, progress: bool = True, json_out: bool = False,
                 config_extra: dict | None = None, scan_options: dict | None = None,
                 runs_root: str | Path = "runs", _guard: "_FailedStartCleanup | None" = None) -> RunSummary:
-    """Run ``method`` on ``scan`` (a :class:`~ctdip.data.Scan` or a scan folder, read with
+    """Run ``method`` on ``scan`` (a :class:`~ctdip.core.data.Scan` or a scan folder, read with
     ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring)."""
     import torch
 
-    from ctdip.data import Scan
+    from ctdip.core.data import Scan
     from ctdip.methods.base import RunContext
-    from ctdip.problem import Problem
-    from ctdip.runs import RunFolder, default_run_dir
+    from ctdip.core.problem import Problem
+    from ctdip.dip.runs import RunFolder, default_run_dir
 
     t_start = time.perf_counter()
     name, cls, preset, overrides, m, resolved = resolve_method(method, params)
@@ -371,7 +372,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     if output is not None:
         _check_run_folder(Path(output), resume)
     if not isinstance(scan, Scan):
-        from ctdip.data.loader import load_scan
+        from ctdip.core.data.loader import load_scan
 
         scan = load_scan(scan, **(scan_options or {}), print_warnings=False)
     dataset = scan.source.resolve().name if scan.source is not None else "scan"
@@ -438,7 +439,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     summary["dataset"] = dataset
     run.write_summary(summary)
 
-    from ctdip import plots
+    from ctdip.workflows import plots
 
     ref_np = None if problem.reference is None else _as_np(problem.unscale(problem.reference))
     init_np = None if problem.x_init is None else _as_np(problem.unscale(problem.x_init))
@@ -465,7 +466,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
 def finished_run(path: Path, *, quiet: bool = False, json_out: bool = False) -> RunSummary:
     """``--resume`` of a run that already finished: nothing is recomputed; a note names its
     summary (``--json`` prints it)."""
-    from ctdip.runs import RunFolder
+    from ctdip.dip.runs import RunFolder
 
     run = RunFolder(path)
     summary = run.read_summary()
@@ -493,7 +494,7 @@ def print_summary(rs: RunSummary) -> None:
         con.print("  " + line)
     choice = (s.get("result") or {}).get("tv_weight_choice")
     if choice:
-        from ctdip.selection import choice_text
+        from ctdip.methods.selection import choice_text
 
         con.print(f"  choice: {choice_text(choice)}")
     con.print(f"  recon:   {rs.recon_path}")

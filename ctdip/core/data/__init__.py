@@ -17,7 +17,7 @@ class Scan:
     """Line-integral projections with their geometry.
 
     projections: float32 (angles, rows, cols), post-log line integrals.
-    geometry: ``ctdip.geometry.ProjectionGeometry``; volume: ``ctdip.geometry.VolumeGeometry``.
+    geometry: ``ctdip.core.geometry.ProjectionGeometry``; volume: ``ctdip.core.geometry.VolumeGeometry``.
     reference: optional float32 (z, y, x) ground truth on the volume grid.
     """
 

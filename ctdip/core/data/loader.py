@@ -1,4 +1,4 @@
-"""Open any scan folder as a :class:`~ctdip.data.Scan`, applying the shared reconstruct options.
+"""Open any scan folder as a :class:`~ctdip.core.data.Scan`, applying the shared reconstruct options.
 
 Layouts are recognised by content: ``geometry.yaml``/``projections.tif`` -> ctdip layout;
 ``Projections/tubeV*``, ``tubeV*`` or ``scan_geom_corrected.geom`` -> walnut layout.
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ctdip.data import Scan
+from ctdip.core.data import Scan
 from ctdip.errors import UserError
-from ctdip.validate import POSITIVE_INT, Rule, choice
+from ctdip.core.validate import POSITIVE_INT, Rule, choice
 
 SCAN_OPTIONS = ("angles", "bin", "bin_to_cols", "slice", "mode", "size", "orbit")
 #: a binned detector column wider than this many voxels (at the rotation axis) draws a warning;
@@ -47,7 +47,9 @@ MAX_COLUMN_VOXELS = 4.0
 
 
 def setups_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "presets" / "setups"
+    from ctdip.core.io import preset_dir
+
+    return preset_dir("setups")
 
 
 def setup_names() -> list[str]:
@@ -57,7 +59,7 @@ def setup_names() -> list[str]:
 def load_setup(name: str | Path) -> dict:
     """A setup preset (``presets/setups/<name>.yaml`` or a YAML file): its scan options and method
     defaults, as ``{"scan": {...}, "params": {...}, "method": ...}``."""
-    from ctdip.data.io import read_yaml
+    from ctdip.core.io import read_yaml
 
     p = Path(name)
     if not (p.suffix in (".yaml", ".yml") and p.is_file()):
@@ -78,8 +80,8 @@ def load_setup(name: str | Path) -> dict:
 
 
 def detect_layout(folder: Path) -> str:
-    from ctdip.data.ctdip_layout import is_ctdip_folder
-    from ctdip.data.walnut_layout import is_walnut_folder
+    from ctdip.core.data.ctdip_layout import is_ctdip_folder
+    from ctdip.core.data.walnut_layout import is_walnut_folder
 
     if is_ctdip_folder(folder):
         return "ctdip"
@@ -99,10 +101,10 @@ def open_source(path: str | Path, orbit: int | None = None):
                         "layout)", path=folder)
     layout = detect_layout(folder)
     if layout == "ctdip":
-        from ctdip.data.ctdip_layout import CtdipSource
+        from ctdip.core.data.ctdip_layout import CtdipSource
 
         return CtdipSource(folder)
-    from ctdip.data.walnut_layout import WalnutSource
+    from ctdip.core.data.walnut_layout import WalnutSource
 
     return WalnutSource(folder, orbit=2 if orbit is None else int(orbit))
 
@@ -188,7 +190,7 @@ def scan_options(setup: str | Path | None = None, **options: Any) -> dict[str, A
     return check_scan_options(opts)
 
 
-#: the rules of the numeric scan options (``ctdip.validate``)
+#: the rules of the numeric scan options (``ctdip.core.validate``)
 SCAN_OPTION_RULES = {"angles": Rule(integer=True, minimum=2), "bin": POSITIVE_INT,
                      "size": Rule(integer=True, minimum=8), "orbit": Rule(integer=True, minimum=1, maximum=3)}
 
@@ -254,12 +256,12 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
               print_warnings: bool = True) -> Scan:
     """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals.
 
-    The plausibility checks of :mod:`ctdip.data.sanity` and the binning check
+    The plausibility checks of :mod:`ctdip.core.data.sanity` and the binning check
     (:func:`binning_warning`) run on the final geometry and data; their warnings are kept in
     ``info["warnings"]`` and printed as ``warning:`` lines on stderr (unless ``print_warnings`` is
     false)."""
-    from ctdip.data.sanity import check_geometry, check_grid_memory
-    from ctdip.geometry import VolumeGeometry, bin_projections
+    from ctdip.core.data.sanity import check_geometry, check_grid_memory
+    from ctdip.core.geometry import VolumeGeometry, bin_projections
 
     opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit,
                         bin_to_cols=bin_to_cols)

@@ -5,7 +5,7 @@ Two discretisations (``kernel``):
 * 2D geometry on one slice centred at z = 0: ASTRA's 2D CPU projector (``astra.projector.matrix``
   for the geometry's 2D vector form: ``line_fanflat`` for fan beams; ``linear`` (default),
   ``line`` or ``strip`` for parallel beams), with its columns permuted from ASTRA's 2D row order
-  (row 0 at max y) to ours (y index increasing with y, see ``ctdip.geometry``).
+  (row 0 at max y) to ours (y index increasing with y, see ``ctdip.core.geometry``).
 * any other geometry and volume (3D parallel/cone vectors, several slices, off-centre slices):
   ``trilinear``, exactly the ``torch`` backend's ray marcher written out: for ray r with samples
   p_rk (k < K) and step w_r = L_r / K, and trilinear weights phi_j(p) of voxel j,
@@ -39,8 +39,8 @@ import scipy.sparse as sp
 import torch
 
 from ctdip.errors import UserError
-from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-from ctdip.runs import atomic_write_bytes
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.io import atomic_write_bytes, cache_dir
 
 PARALLEL_KERNELS = ("linear", "line", "strip")
 FAN_KERNELS = ("line_fanflat",)
@@ -50,15 +50,6 @@ MARCH_KERNELS = {"trilinear": 0.5, "trilinear-coarse": 1.0}
 # (benchmarks/results/operators.md); CUDA always uses torch.
 SPMM_ENGINE = os.environ.get("CTDIP_SPMM", "scipy")
 _BYTES_PER_NNZ = 2 * (4 + 4) + 8  # M and M^T as float32 + int32 indices, plus build slack
-
-
-def cache_dir() -> Path:
-    """ctdip's cache folder: $CTDIP_CACHE_DIR, else $XDG_CACHE_HOME/ctdip, else ~/.cache/ctdip."""
-    env = os.environ.get("CTDIP_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "ctdip"
 
 
 def memory_budget_bytes() -> float:
@@ -182,7 +173,7 @@ class _one_thread:
 
 
 def _marcher(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: str):
-    from ctdip.operators._torch import TorchRayTransform
+    from ctdip.core.operators._torch import TorchRayTransform
 
     return TorchRayTransform(geometry, volume, torch.device("cpu"), step_fraction=MARCH_KERNELS[kernel])
 

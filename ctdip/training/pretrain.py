@@ -4,7 +4,7 @@ Protocol (Barbano et al. 2022, "An educated warm start for deep image prior-base
 reconstruction", IEEE TCI), as implemented here for *the target geometry* ``(A, FBP)``:
 
 1. **Phantoms.** Random ellipses (2D) / ellipsoids (3D) drawn on the fly with
-   ``ctdip.data.phantoms.random_ellipses``: random centre, semi-axes, orientation and intensity,
+   ``ctdip.core.data.phantoms.random_ellipses``: random centre, semi-axes, orientation and intensity,
    intensities ``~ U(-0.4, 1)`` summed where ellipses overlap and the image normalised to [0, 1];
    about 40 ellipses per image.
 2. **Data.** ``y = A x + eta`` with white Gaussian noise ``eta ~ N(0, (0.05 * mean|A x|)^2)``
@@ -56,7 +56,7 @@ from typing import Any, Callable
 import torch
 
 from ctdip.errors import UserError
-from ctdip.runs import atomic_write_bytes, atomic_write_text
+from ctdip.core.io import atomic_write_bytes, atomic_write_text, cache_dir
 
 Progress = Callable[[int, int, dict], None]
 
@@ -93,7 +93,7 @@ class PretrainConfig:
         return max(1, math.ceil(self.samples * self.epochs / self.batch_size))
 
     def validate(self) -> None:
-        from ctdip.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE_INT, Rule
+        from ctdip.core.validate import LEARNING_RATE, NONNEG, NONNEG_INT, POSITIVE_INT, Rule
 
         for opt, name, rule in (("--samples", "samples", POSITIVE_INT), ("--epochs", "epochs", POSITIVE_INT),
                                 ("--steps", "steps", Rule(integer=True, minimum=1, optional=True)),
@@ -134,14 +134,6 @@ def _geometry_key(geometry, volume) -> str:
     return W.geometry_key(geometry, volume)
 
 
-def cache_dir() -> Path:
-    """``$CTDIP_CACHE_DIR`` or ``$XDG_CACHE_HOME/ctdip`` or ``~/.cache/ctdip``."""
-    if os.environ.get("CTDIP_CACHE_DIR"):
-        return Path(os.environ["CTDIP_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "ctdip"
-
-
 def warm_start_path(geometry, volume, arch: dict) -> Path:
     return cache_dir() / "warmstarts" / f"{_geometry_key(geometry, volume)}_{arch_hash(arch)}.pt"
 
@@ -172,7 +164,7 @@ class EllipseSimulator:
         self._batched_fbp: bool | None = None
 
     def phantoms(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        from ctdip.data.phantoms import random_ellipses
+        from ctdip.core.data.phantoms import random_ellipses
 
         shape = self.shape[1:] if self.dim == 2 else self.shape
         x = random_ellipses(n, shape, generator=generator, device=self.device, n_ellipses=self.n_ellipses)
@@ -181,7 +173,7 @@ class EllipseSimulator:
 
     def fbp(self, y: torch.Tensor) -> torch.Tensor:
         """FBP/FDK of a batch (N, angles, rows, cols) -> (N, z, y, x); one call when supported."""
-        from ctdip.operators import fbp
+        from ctdip.core.operators import fbp
 
         n = y.shape[0]
         if self._batched_fbp is not False:
@@ -221,7 +213,7 @@ class EllipseSimulator:
 
     def shepp_logan(self, generator: torch.Generator, with_data: bool = False):
         """The validation pair: Shepp–Logan phantom of the volume's grid, same noise and scaling."""
-        from ctdip.data.phantoms import shepp_logan
+        from ctdip.core.data.phantoms import shepp_logan
 
         shape = self.shape[1:] if self.dim == 2 else self.shape
         x = torch.as_tensor(shepp_logan(shape), dtype=torch.float32, device=self.device)
@@ -235,7 +227,7 @@ def _generator(seed: int, step: int, device: torch.device) -> torch.Generator:
 
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    from ctdip.metrics import psnr
+    from ctdip.core.metrics import psnr
 
     return psnr(x, ref)
 
@@ -484,7 +476,7 @@ def select_by_rise_time(candidates: list[Path], A, sim: EllipseSimulator, cfg: P
     lowest steady PSNR (median of the last 10 %) among the candidates, and the rise time is the
     first iteration within 0.1 dB of it. Ties go to the higher steady PSNR.
     """
-    from ctdip.metrics import rise_time, steady_psnr
+    from ctdip.core.metrics import rise_time, steady_psnr
     from ctdip.networks import weights as W
 
     x_in, x_sl, y = sim.shepp_logan(_generator(cfg.seed, -3, device), with_data=True)
@@ -541,7 +533,7 @@ def ensure_warm_start(problem, arch: dict, quiet: bool = False, **opts: Any) -> 
         sys.stderr.write(f"no cached EDIP warm start for this geometry and network; pretraining one "
                          f"({cfg.total_steps} steps x {cfg.batch_size} ellipse phantoms), cached as {path}\n")
         sys.stderr.flush()
-        from ctdip.estimate import StepEstimate
+        from ctdip.core.estimate import StepEstimate
 
         estimate, shown = StepEstimate("warm-start pretraining steps", "step"), progress or _line_progress
 

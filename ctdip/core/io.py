@@ -1,19 +1,93 @@
-"""TIFF and YAML helpers that turn unreadable input into a one-line :class:`~ctdip.errors.UserError`."""
+"""ctdip's bottom layer for files: atomic writes, TIFF/NPY/YAML reading and writing (unreadable input
+becomes a one-line :class:`~ctdip.errors.UserError`), plain-Python conversion for YAML/JSON, and
+the cache folder. It imports nothing of ctdip but :mod:`ctdip.errors`, so every layer may use it."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import yaml
 
 from ctdip.errors import UserError
-from ctdip.runs import atomic_write_bytes
+
+TMP_SUFFIX = ".tmp"  # atomic writes go through ".<name>.<random>.tmp" in the same folder
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    The file ends with the mode a plain ``open(path, "w")`` gives (0o666 & ~umask, e.g. 0644 under
+    umask 022), not mkstemp's private 0600, so colleagues sharing the folder can read it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_tiff(path: str | Path, volume: np.ndarray, voxel_mm: Iterable[float] | float | None = None) -> None:
+    """Write a float32 (z, y, x) volume as an ImageJ hyperstack with its voxel size in mm.
+
+    Fiji and napari read the spacing from the ImageJ metadata (``spacing`` = z step) and the
+    X/YResolution tags (pixels per mm).
+    """
+    import tifffile
+
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim == 2:
+        vol = vol[None]
+    kwargs: dict[str, Any] = {"imagej": True, "metadata": {"axes": "ZYX", "unit": "mm"}}
+    if voxel_mm is not None:
+        v = np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))
+        kwargs["resolution"] = (1.0 / v[2], 1.0 / v[1])
+        kwargs["metadata"]["spacing"] = float(v[0])
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, vol, **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_tiff_voxel_mm(path: str | Path) -> tuple[float, float, float] | None:
+    """Voxel size (z, y, x) in mm from a TIFF written by :func:`write_tiff` (None if absent)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        ij = tf.imagej_metadata or {}
+        page = tf.pages[0]
+        xr = page.tags.get("XResolution")
+        yr = page.tags.get("YResolution")
+        if xr is None or yr is None:
+            return None
+        dx = xr.value[1] / xr.value[0]
+        dy = yr.value[1] / yr.value[0]
+        return (float(ij.get("spacing", dx)), float(dy), float(dx))
 
 
 @contextlib.contextmanager
@@ -136,6 +210,37 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def write_yaml(path: str | Path, data: dict) -> None:
-    from ctdip.runs import _plain
+    atomic_write_bytes(path, yaml.safe_dump(plain(data), sort_keys=False).encode())
 
-    atomic_write_bytes(path, yaml.safe_dump(_plain(data), sort_keys=False).encode())
+
+def plain(obj):
+    """Convert numpy/torch/Path values to YAML/JSON-safe plain Python."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "item") and hasattr(obj, "numel") and obj.numel() == 1:
+        return obj.item()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
+def cache_dir() -> Path:
+    """ctdip's cache folder (operator matrices, warm starts): ``$CTDIP_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/ctdip``, else ``~/.cache/ctdip`` (``~`` expanded in each)."""
+    if os.environ.get("CTDIP_CACHE_DIR"):
+        return Path(os.environ["CTDIP_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "ctdip"
+
+
+def preset_dir(kind: str) -> Path:
+    """The folder of the shipped presets of one kind: ``methods``, ``networks`` or ``setups``."""
+    return Path(__file__).resolve().parent.parent / "presets" / kind

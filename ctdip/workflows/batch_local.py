@@ -130,7 +130,7 @@ class _Worker:
 def run_pool(items: Iterable[Any], make_task: Callable[[Any], dict], *, on_start: Callable[[Any], None],
              on_result: Callable[[Any, dict], None], n_jobs: int, threads: int, stop: StopControl,
              tick: Callable[[], None] = lambda: None, poll_s: float = 0.5) -> list[Any]:
-    """Run ``ctdip.batch.run_specimen(**make_task(item))`` for each item on ``n_jobs`` spawned
+    """Run ``ctdip.workflows.batch.run_specimen(**make_task(item))`` for each item on ``n_jobs`` spawned
     workers with ``threads`` torch threads each (module docstring). ``on_start(item)`` is called
     when an item is sent to a worker, ``on_result(item, result)`` when its result (or the
     worker's death) comes back. Returns the items that never started (stopped queue)."""
@@ -333,7 +333,7 @@ def worker_main(conn, threads: int, parent_pid: int) -> None:
 def _serve(conn, threads: int, seen: list[int]) -> None:
     import torch
 
-    from ctdip.batch import run_specimen
+    from ctdip.workflows.batch import run_specimen
 
     torch.set_num_threads(max(1, threads))
     conn.send("ready")

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from ctdip.errors import UserError
-from ctdip.data.sanity import check_grid_memory
-from ctdip.validate import NONNEG, POSITIVE, Rule, check_output_path, choice
+from ctdip.core.data.sanity import check_grid_memory
+from ctdip.core.validate import NONNEG, POSITIVE, Rule, check_output_path, choice
 
 SOD_MM = 66.0
 SDD_MM = 199.0
@@ -48,8 +48,8 @@ PHANTOM_NAMES = ("walnut", "shepp-logan", "ellipses")
 def make_geometry(kind: str, angles: int, size: int, fov_mm: float, detector: int | None = None,
                   nz: int | None = None):
     """(ProjectionGeometry, VolumeGeometry, geometry.yaml dict) of a simulated circular scan."""
-    from ctdip.data.ctdip_layout import geometry_dict
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.data.ctdip_layout import geometry_dict
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
     if kind not in ("parallel", "fan", "cone"):
         raise UserError(f"--geometry must be parallel, fan or cone, got {kind!r}")
@@ -93,7 +93,7 @@ def make_phantom(phantom: str, shape: tuple[int, ...], seed: int, mu_mm: float) 
     """The named phantom on ``shape`` (2D or 3D), in attenuation per mm."""
     import torch
 
-    from ctdip.data import phantoms
+    from ctdip.core.data import phantoms
 
     if phantom == "walnut":
         return phantoms.walnut(shape, seed=seed)
@@ -107,7 +107,7 @@ def make_phantom(phantom: str, shape: tuple[int, ...], seed: int, mu_mm: float) 
 
 def load_volume(path: str | Path, hu: bool = False) -> np.ndarray:
     """A (z, y, x) or (y, x) volume from .npy or .tif; Hounsfield units converted if ``hu``."""
-    from ctdip.data.io import read_npy, read_tiff
+    from ctdip.core.io import read_npy, read_tiff
 
     path = Path(path)
     if not path.is_file():
@@ -145,7 +145,7 @@ def exact_counts(data: np.ndarray, max_nudges: int = 32) -> tuple[np.ndarray, np
     ``data`` entries with |p| < 1e-7 (below float32 resolution of an O(1) line integral) are
     expected to be zero (the caller zeroes them); they read back exactly.
     """
-    from ctdip.data.preprocess import flat_dark_log
+    from ctdip.core.data.preprocess import flat_dark_log
 
     p = np.asarray(data, np.float32)
     shape = p.shape[1:]
@@ -177,7 +177,7 @@ def simulate(out: str | Path, *, phantom: str = "walnut", geometry: str = "fan",
     """
     import torch
 
-    from ctdip.operators import RayTransform
+    from ctdip.core.operators import RayTransform
 
     out = check_output_path(out, "folder", option="OUT")
     choice(layout, "--layout", ("ctdip", "walnut"))
@@ -241,7 +241,7 @@ def simulate(out: str | Path, *, phantom: str = "walnut", geometry: str = "fan",
         summary.update(noise="poisson", photons=float(photons))
         data = counts
     elif noise > 0:
-        from ctdip.data.noise import gaussian_noise
+        from ctdip.core.data.noise import gaussian_noise
 
         data, sigma = gaussian_noise(y, noise, rng)
         summary.update(noise="gaussian", noise_rel=float(noise), noise_sigma=sigma)
@@ -257,12 +257,12 @@ def simulate(out: str | Path, *, phantom: str = "walnut", geometry: str = "fan",
     tmp.mkdir(parents=True)
     try:
         if layout == "ctdip":
-            from ctdip.data.ctdip_layout import write_ctdip
+            from ctdip.core.data.ctdip_layout import write_ctdip
 
             write_ctdip(tmp, data, gyaml, reference=x3, flats=flats,
                         darks=None if dark is None else dark[None], voxel_mm=vol.voxel_mm)
         else:
-            from ctdip.data.walnut_layout import write_walnut
+            from ctdip.core.data.walnut_layout import write_walnut
 
             if photons is None:  # noise-free or Gaussian: counts that read back to exactly `data`
                 counts, flats, dark = exact_counts(data)

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctdip.data.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_image, write_yaml
-from ctdip.data.sanity import check_dtype, check_reference
-from ctdip.data.preprocess import check_flat, flat_dark_log, mean_frame
+from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_image, write_yaml
+from ctdip.core.data.sanity import check_dtype, check_reference
+from ctdip.core.data.preprocess import check_flat, flat_dark_log, mean_frame
 from ctdip.errors import UserError
 
 GEOM_NAME = "scan_geom_corrected.geom"
@@ -90,7 +90,7 @@ class WalnutSource:
     layout = "walnut"
 
     def __init__(self, folder: str | Path, orbit: int = 2):
-        from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+        from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
         self.folder = Path(folder)
         if orbit not in (1, 2, 3):
@@ -153,7 +153,7 @@ class WalnutSource:
         self.warnings: list[str] = []
         vpath = self.folder / "volume.yaml"
         if vpath.is_file():
-            from ctdip.data.ctdip_layout import volume_from_mapping
+            from ctdip.core.data.ctdip_layout import volume_from_mapping
 
             self.volume = volume_from_mapping(read_yaml(vpath), vpath, default_voxel_mm=WALNUT_VOXEL_MM)
         else:
@@ -211,7 +211,7 @@ def write_walnut(folder: str | Path, counts: np.ndarray, flats: np.ndarray, dark
     ``Reconstructions/full_AGD_50_NNNNNN.tiff`` slices and ``reference.tif``; ``volume.yaml``
     records the grid. ``dtype`` float64 makes the round trip exact to float32 precision.
     """
-    from ctdip.runs import atomic_write_text, write_tiff
+    from ctdip.core.io import atomic_write_text, write_tiff
 
     folder = Path(folder)
     od = folder / "Projections" / f"tubeV{orbit}"

@@ -39,9 +39,9 @@ def holdout_indices(n_views: int, fraction: float) -> tuple[np.ndarray, np.ndarr
 
 @dataclass
 class Problem:
-    A: Any  # ctdip.operators.RayTransform on the fitted views
+    A: Any  # ctdip.core.operators.RayTransform on the fitted views
     y: torch.Tensor  # (angles, rows, cols), scaled by intensity_scale
-    volume: Any  # ctdip.geometry.VolumeGeometry
+    volume: Any  # ctdip.core.geometry.VolumeGeometry
     x_init: torch.Tensor | None = None  # FBP/FDK (z, y, x), scaled
     reference: torch.Tensor | None = None  # (z, y, x), scaled
     intensity_scale: float = 1.0
@@ -71,7 +71,7 @@ class Problem:
 
     @classmethod
     def _from_scan(cls, scan, backend, device, intensity_scale, holdout, fbp_filter) -> "Problem":
-        from ctdip.operators import RayTransform, fbp
+        from ctdip.core.operators import RayTransform, fbp
 
         device = torch.device(device)
         geom = scan.geometry

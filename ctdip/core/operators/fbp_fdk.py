@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ctdip.errors import UserError
-from ctdip.geometry import ProjectionGeometry, VolumeGeometry
-from ctdip.operators._torch import detector_coords
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.operators._torch import detector_coords
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
 _SAMPLES_PER_CHUNK = 2**22

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from ctdip.data import sanity
-from ctdip.data.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_stack, write_yaml
-from ctdip.data.preprocess import flat_dark_log, mean_frame
+from ctdip.core.data import sanity
+from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_stack, write_yaml
+from ctdip.core.data.preprocess import flat_dark_log, mean_frame
 from ctdip.errors import UserError
 
 GEOMETRY_FILE = "geometry.yaml"
@@ -80,7 +80,7 @@ def parse_angles(spec: Any, path: Path) -> np.ndarray:
 
 def parse_geometry(path: str | Path):
     """(ProjectionGeometry, VolumeGeometry | None) from a geometry.yaml (see module docstring)."""
-    from ctdip.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 
     path = Path(path)
     g = read_yaml(path)
@@ -157,7 +157,7 @@ def _triple(d: dict, key: str, path: Path, default: Any, where: str, positive: b
 def volume_from_mapping(v: dict, path: Path, default_voxel_mm: float, where: str = ""):
     """A VolumeGeometry from ``{shape, voxel_mm, center_mm}`` (geometry.yaml's ``volume:`` or a
     walnut folder's volume.yaml); every field checked, errors name the file and the field."""
-    from ctdip.geometry import VolumeGeometry
+    from ctdip.core.geometry import VolumeGeometry
 
     shape = v.get("shape")
     if not (isinstance(shape, list) and len(shape) in (2, 3)
@@ -245,12 +245,12 @@ class CtdipSource:
                 raise UserError(f"flats are {self.flat.shape} but projections are {(rows, cols)}", path=self.flat_path)
             if self.dark is not None and self.dark.shape != (rows, cols):
                 raise UserError(f"darks are {self.dark.shape} but projections are {(rows, cols)}", path=dpath)
-            from ctdip.data.preprocess import check_flat
+            from ctdip.core.data.preprocess import check_flat
 
             check_flat(self.flat, self.dark, self.flat_path)
         self.ref_path = self.folder / "reference.tif"
         if vol is None:
-            from ctdip.geometry import VolumeGeometry
+            from ctdip.core.geometry import VolumeGeometry
 
             try:
                 vol = VolumeGeometry.fov(self.geometry, cols)
@@ -314,7 +314,7 @@ def write_ctdip(folder: str | Path, projections: np.ndarray, geometry_yaml: dict
 
     ``projections`` (angles, rows, cols) are line integrals, or raw counts when ``flats`` is given.
     """
-    from ctdip.runs import write_tiff
+    from ctdip.core.io import write_tiff
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,15 +4,15 @@ For each input (a run folder, or a ``.tif``/``.tiff``/``.npy`` volume from any t
 
 * ``psnr``, ``ssim``: of the returned reconstruction (``recon.tif``) against the reference,
   ``PSNR = 10 log10(R^2 / MSE)`` and Gaussian-window SSIM with ``R = max(ref) - min(ref)``
-  (:mod:`ctdip.metrics`; identical to scikit-image's), over the ``--mask`` region if given;
+  (:mod:`ctdip.core.metrics`; identical to scikit-image's), over the ``--mask`` region if given;
 * ``peak_psnr``/``peak_iter``, ``final_psnr``/``final_iter``: from the run's logged PSNR curve
   (metrics.csv, computed during the run against the run's own reference): peak = maximum over the
-  logged iterates, final = the last logged iterate (:func:`ctdip.metrics.curve_numbers`, the same
+  logged iterates, final = the last logged iterate (:func:`ctdip.core.metrics.curve_numbers`, the same
   definitions as the console summary and summary.json's ``returned``/``final``/``peak``);
 * ``es_psnr``/``es_iter``: the early-stopped pick (``recon_es.tif`` against the reference when
   both exist, else the curve at the early-stop iteration);
 * ``steady_psnr``: median of the last 10 % of the curve; ``rise_time``: first iteration within
-  0.1 dB of it (curves of at least 10 points; EDIP paper's definitions, :func:`ctdip.metrics.steady_psnr`, :func:`rise_time`);
+  0.1 dB of it (curves of at least 10 points; EDIP paper's definitions, :func:`ctdip.core.metrics.steady_psnr`, :func:`rise_time`);
 * ``holdout``: the last held-out-view residual logged (runs made with ``--holdout``);
 * ``wall_s``: the run's wall time.
 
@@ -37,9 +37,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ctdip import metrics
+from ctdip.core import metrics
 from ctdip.errors import UserError
-from ctdip.runs import RunFolder, atomic_write_bytes, atomic_write_text
+from ctdip.dip.runs import RunFolder
+from ctdip.core.io import atomic_write_bytes, atomic_write_text
 
 VOLUME_SUFFIXES = (".tif", ".tiff", ".npy")
 
@@ -93,12 +94,12 @@ def read_volume(path: str | Path) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            from ctdip.data.io import quiet_tifffile
+            from ctdip.core.io import quiet_tifffile
 
             with quiet_tifffile():
                 arr = tifffile.imread(path)
         elif suffix == ".npy":
-            from ctdip.data.io import read_npy
+            from ctdip.core.io import read_npy
 
             arr = read_npy(path)
         else:
@@ -167,7 +168,7 @@ def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
             return ref, direct
     opts = (entry.config.get("scan") or {}).get("options") if isinstance(entry.config.get("scan"), dict) else None
     try:
-        from ctdip.data.loader import load_scan
+        from ctdip.core.data.loader import load_scan
 
         sc = load_scan(scan, print_warnings=False, **{k: v for k, v in dict(opts or {}).items() if v is not None})
     except (UserError, TypeError, ImportError):
@@ -181,13 +182,13 @@ def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
 def reference_for_run(entry: Entry, ref: np.ndarray) -> np.ndarray:
     """``ref`` as the run saw it: a volume on the scan's full grid (e.g. a 3D ``reference.tif``
     given to a 2D run) becomes the run's slice (``scan.info.slice`` in config.yaml) resampled to
-    the run's grid (``--size``) exactly as :func:`ctdip.data.loader.load_scan` does. Returned
+    the run's grid (``--size``) exactly as :func:`ctdip.core.data.loader.load_scan` does. Returned
     unchanged when the shapes already match or the config does not say how (the shape check then
     reports the mismatch)."""
     if entry.kind != "run" or ref.shape == entry.recon.shape:
         return ref
-    from ctdip.data.loader import resample
-    from ctdip.geometry import VolumeGeometry
+    from ctdip.core.data.loader import resample
+    from ctdip.core.geometry import VolumeGeometry
 
     scan = entry.config.get("scan") if isinstance(entry.config.get("scan"), dict) else {}
     info = scan.get("info") or {}
@@ -518,7 +519,7 @@ LEGEND_INSIDE_MAX = 6
 
 
 def _mid(v: np.ndarray) -> np.ndarray:
-    from ctdip.plots import mid_slice
+    from ctdip.workflows.plots import mid_slice
 
     return mid_slice(v)[0]
 
@@ -534,7 +535,7 @@ def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ctdip.plots import mid_slice
+    from ctdip.workflows.plots import mid_slice
 
     imgs = [_mid(e.recon) for e in entries]
     ref_imgs = {k: _mid(v) for k, v in refs.items()}

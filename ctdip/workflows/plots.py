@@ -30,7 +30,7 @@ def _mid(v: np.ndarray) -> np.ndarray:
 
 
 def _save(fig, path: str | Path) -> None:
-    from ctdip.runs import atomic_write_bytes
+    from ctdip.core.io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

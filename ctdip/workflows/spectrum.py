@@ -359,7 +359,7 @@ def save_npz(res: dict, path: str | Path) -> Path:
     """Everything in ``res`` as a compressed ``.npz`` (atomic write)."""
     import io as _io
 
-    from ctdip.runs import atomic_write_bytes
+    from ctdip.core.io import atomic_write_bytes
 
     buf = _io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in res.items()})
@@ -370,7 +370,7 @@ def save_npz(res: dict, path: str | Path) -> Path:
 def _save_fig(fig, path: Path) -> None:
     import io as _io
 
-    from ctdip.runs import atomic_write_bytes
+    from ctdip.core.io import atomic_write_bytes
 
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -449,7 +449,7 @@ class Subject:
 
     net: torch.nn.Module
     z: torch.Tensor
-    problem: object  # ctdip.problem.Problem
+    problem: object  # ctdip.core.problem.Problem
     source: Path
     info: dict = field(default_factory=dict)
 
@@ -464,11 +464,11 @@ def load_subject(source: str | Path, scan: str | Path | None = None, scan_option
     (then ``scan`` is required and the input is the FBP of the scan, as in EDIP, or seeded noise
     with ``input_kind="noise"``).
     """
-    from ctdip.data.loader import load_scan
+    from ctdip.core.data.loader import load_scan
     from ctdip.networks import build_network
     from ctdip.networks.weights import build_from_weights, load_weights
-    from ctdip.problem import Problem
-    from ctdip.runs import RunFolder
+    from ctdip.core.problem import Problem
+    from ctdip.dip.runs import RunFolder
 
     source = Path(source)
     info: dict = {"source": str(source)}
@@ -540,7 +540,7 @@ def run_spectrum(subject: Subject, out_dir: str | Path, rank: int = 100, ntk_ran
                  power_iters: int = 1, seed: int = 0, chunk: int | None = 16) -> tuple[dict, dict[str, Path]]:
     """Analyse ``subject`` and write ``spectrum.npz``, ``spectrum.png``, ``eigenimages.png`` and
     ``spectrum.txt`` (the summary lines) into ``out_dir``. Returns (results, written paths)."""
-    from ctdip.runs import atomic_write_text
+    from ctdip.core.io import atomic_write_text
 
     p = subject.problem
     res = analyse_network(subject.net, subject.z, op=p.forward, op_adjoint=p.adjoint, rank=rank, ntk_rank=ntk_rank,
