@@ -19,12 +19,12 @@ sys.path.insert(0, str(HERE))
 
 
 def main(argv=None) -> int:
+    import bench_data as bd
     import torch
 
-    import bench_data as bd
+    from ctdip.core.problem import Problem
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.core.problem import Problem
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="*", default=["tv", "self-guided"])

@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
@@ -187,8 +186,8 @@ def main(argv=None) -> int:
 
     from ctdip.core.metrics import psnr
     from ctdip.networks import network_preset
-    from ctdip.training.pretrain import PretrainConfig, pretrain_for_problem
     from ctdip.training.denoiser import DenoiserConfig, train_denoiser
+    from ctdip.training.pretrain import PretrainConfig, pretrain_for_problem
 
     out, work = Path(args.out), Path(args.work)
     out.parent.mkdir(parents=True, exist_ok=True)

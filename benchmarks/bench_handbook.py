@@ -74,8 +74,8 @@ def score(path: Path, reference: np.ndarray) -> float:
 
 def run(scan, method: str, params: dict, out: Path, oracle: float | None = None) -> dict:
     """reconstruct() into ``out``; the returned recon.tif scored, plus peak, wall and time to oracle."""
-    from ctdip.workflows.reconstruct import reconstruct
     from ctdip.dip.runs import RunFolder
+    from ctdip.workflows.reconstruct import reconstruct
 
     t = time.perf_counter()
     rs = reconstruct(scan, method, params, output=out, quiet=True, progress=False, seed=0)
@@ -99,9 +99,9 @@ def run(scan, method: str, params: dict, out: Path, oracle: float | None = None)
 
 def trajectory(scan, work: Path, steps: int, every: int, batch: int) -> tuple[Path, float]:
     """Pretrain the light U-Net on ellipses for the scan's geometry, periodic checkpoints kept."""
+    from ctdip.core.operators import RayTransform
     from ctdip.networks import network_preset
     from ctdip.training.pretrain import PretrainConfig, pretrain
-    from ctdip.core.operators import RayTransform
 
     out = work / "trajectory.pt"
     meta = work / "trajectory.json"
@@ -137,9 +137,9 @@ def cone_problem(n3: int, views: int = 60):
 
 def step_costs(quick: bool) -> dict:
     """Seconds per vanilla step with K of n views: 2D walnut (matrix) and 3D cone walnut (torch)."""
+    from ctdip.core.problem import Problem
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.core.problem import Problem
 
     out = {}
     n_it2, n_it3 = (5, 3) if quick else (40, 10)

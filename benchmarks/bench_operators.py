@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.io import atomic_write_text
     from ctdip.core.operators import RayTransform
     from ctdip.core.operators._matrix import MatrixRayTransform, build_matrix
-    from ctdip.core.io import atomic_write_text
 
     torch.set_num_threads(args.threads)
     old = Path(args.out).read_text() if Path(args.out).is_file() else ""

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     from bench_handbook import cone_problem
 
+    from ctdip.core.metrics import psnr
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
-    from ctdip.core.metrics import psnr
 
     torch.set_num_threads(1)
     prob = cone_problem(24)

@@ -31,8 +31,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from ctdip.core.data.loader import load_scan
     from ctdip.core.data.simulate import simulate
-    from ctdip.networks import build_network, network_preset
     from ctdip.core.problem import Problem
+    from ctdip.networks import build_network, network_preset
     from ctdip.workflows.spectrum import analyse_network
 
     rows = []

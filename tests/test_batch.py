@@ -10,10 +10,17 @@ import sys
 
 import pytest
 
-from ctdip.workflows.batch import (SlurmOptions, parse_mem_gb, parse_time_minutes, plan, run_batch, run_specimen,
-                         slurm_parameters)
-from ctdip.errors import UserError
 from ctdip.dip.runs import RunFolder
+from ctdip.errors import UserError
+from ctdip.workflows.batch import (
+    SlurmOptions,
+    parse_mem_gb,
+    parse_time_minutes,
+    plan,
+    run_batch,
+    run_specimen,
+    slurm_parameters,
+)
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +227,8 @@ def test_changed_settings_are_refused_or_rerun(specimens, tmp_path, run_cli, cap
 
 
 def test_set_keys_turn_dashes_into_underscores(specimens, tmp_path):
-    from ctdip.workflows.batch import requested_settings
     from ctdip.cli._options import parse_set
+    from ctdip.workflows.batch import requested_settings
 
     params = parse_set(["log-every=2", "iterations=4"])
     assert params == {"log_every": 2, "iterations": 4}

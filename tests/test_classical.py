@@ -1,13 +1,12 @@
-import numpy as np
 import pytest
 import torch
 
 from ctdip.core import metrics
 from ctdip.core.data.loader import load_scan
 from ctdip.core.data.simulate import simulate
+from ctdip.core.problem import Problem
 from ctdip.methods.base import RunContext
 from ctdip.methods.classical import CGLS, FBP, PDHGTV, grad, grad_adjoint
-from ctdip.core.problem import Problem
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from ctdip.core.io import write_tiff_image
 from ctdip.core.data.loader import load_scan, resample
 from ctdip.core.data.simulate import simulate
 from ctdip.core.data.walnut_layout import WalnutSource, inverse_trafo, trafo
+from ctdip.core.io import write_tiff_image
 
 
 @pytest.mark.parametrize("geometry,noise", [("fan", 0.0), ("fan", 0.05), ("cone", 0.0)])

@@ -8,7 +8,7 @@ import torch
 
 from ctdip.networks import build_network
 from ctdip.networks.drunet import DRUNet, drunet_arch
-from ctdip.training.denoiser import DenoiserConfig, evaluate_denoiser, train_denoiser, validation_set
+from ctdip.training.denoiser import DenoiserConfig, train_denoiser, validation_set
 
 
 def test_drunet_shapes_sigma_forms_and_scale_equivariance():

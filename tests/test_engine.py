@@ -2,13 +2,12 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from ctdip.dip.engine import EarlyStoppingWMV, OutputEMA, Picks
-from ctdip.errors import UserError
 from ctdip.dip.runs import METRIC_COLUMNS, RunFolder
+from ctdip.errors import UserError
 
 
 def _feed(cb, xs):

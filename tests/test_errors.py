@@ -419,8 +419,8 @@ def test_a_diverging_loss_names_lr_and_leaves_nothing(scans, tmp_path, monkeypat
 def test_problem_names_the_geometry_file_of_a_short_scan(scans, tmp_path):
     """Every caller of Problem.from_scan (reconstruct, spectrum) gets the file named, not only the CLI."""
     from ctdip.core.data.loader import load_scan
-    from ctdip.errors import UserError
     from ctdip.core.problem import Problem
+    from ctdip.errors import UserError
 
     d = shutil.copytree(scans["li"], tmp_path / "s")
     _geo(["angles", "stop_deg"], 150.0)(d)

@@ -10,10 +10,10 @@ from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
 from ctdip.core import metrics
+from ctdip.core.io import write_tiff
+from ctdip.dip.runs import RunFolder
 from ctdip.errors import UserError
 from ctdip.workflows.evaluate import evaluate, format_rows, load_entry
-from ctdip.dip.runs import RunFolder
-from ctdip.core.io import write_tiff
 
 
 def _phantom(n: int = 48, z: int = 1) -> np.ndarray:

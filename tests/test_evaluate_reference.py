@@ -4,8 +4,8 @@ against their own slice of the 3D reference, resampled to their grid (issue 11, 
 import pytest
 
 from ctdip.cli.main import main
-from ctdip.workflows.evaluate import evaluate
 from ctdip.dip.runs import RunFolder
+from ctdip.workflows.evaluate import evaluate
 
 
 def test_2d_runs_against_a_3d_reference(tmp_path, capsys):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.geometry import ProjectionGeometry as PG
 from ctdip.core.geometry import VolumeGeometry as VG
 from ctdip.core.metrics import psnr
 from ctdip.core.operators import fbp
 from ctdip.core.operators._torch import _pixel_centres
+from ctdip.errors import UserError
 
 
 @pytest.fixture(autouse=True)

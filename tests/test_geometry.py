@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.geometry import ProjectionGeometry as PG
 from ctdip.core.geometry import VolumeGeometry as VG
 from ctdip.core.geometry import bin_projections
+from ctdip.errors import UserError
 
 
 @pytest.fixture(autouse=True)

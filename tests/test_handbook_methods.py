@@ -13,10 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_methods import make_problem  # noqa: E402
 
+from ctdip.dip.runs import RunFolder
 from ctdip.errors import UserError
 from ctdip.methods import get_method
 from ctdip.methods.base import RunContext
-from ctdip.dip.runs import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_deep_decoder_3d_shapes_and_determinism():
 # ---------------------------------------------------------------------------- view subsets
 @pytest.mark.parametrize("backend", ["matrix", "torch"])
 def test_view_subset_operator_is_the_selected_rows(problem, backend):
-    from ctdip.methods._view_subsets import ViewSubset, draw_views
     from ctdip.core.operators import RayTransform
+    from ctdip.methods._view_subsets import ViewSubset, draw_views
 
     A = problem.A if backend == "matrix" else RayTransform(problem.A.geometry, problem.volume, backend="torch")
     op = ViewSubset(A)

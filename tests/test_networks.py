@@ -5,8 +5,8 @@ import torch
 
 from ctdip.errors import UserError
 from ctdip.networks import build_network, count_parameters, network_preset, preset_names
-from ctdip.priors.denoisers import div, grad, load_denoiser, tv_norm, tv_prox
 from ctdip.networks.weights import geometry_key, load_weights, save_weights
+from ctdip.priors.denoisers import div, grad, load_denoiser, tv_norm, tv_prox
 
 
 def test_presets_exist_and_paper_matches_handbook():

@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from ctdip.core import metrics
 from ctdip.cli.main import main
-from ctdip.workflows.evaluate import evaluate
+from ctdip.core import metrics
 from ctdip.dip.runs import RunFolder
+from ctdip.workflows.evaluate import evaluate
 
 
 def test_curve_numbers_definitions():

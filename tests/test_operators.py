@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.geometry import ProjectionGeometry as PG
 from ctdip.core.geometry import VolumeGeometry as VG
 from ctdip.core.operators import RayTransform, _astra_cuda
 from ctdip.core.operators._torch import _pixel_centres
+from ctdip.errors import UserError
 
 CUDA = _astra_cuda.available()
 

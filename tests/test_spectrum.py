@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from ctdip.errors import UserError
-from ctdip.workflows.spectrum import (analyse_network, hoyer, network_function, parameter_shares, plot_eigenimages,
-                            plot_spectrum, randomized_jacobian_svd, save_npz, summary_lines)
+from ctdip.workflows.spectrum import (
+    analyse_network,
+    hoyer,
+    network_function,
+    parameter_shares,
+    plot_eigenimages,
+    plot_spectrum,
+    randomized_jacobian_svd,
+    save_npz,
+    summary_lines,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -128,9 +137,9 @@ def scan32(tmp_path_factory):
 
 
 def test_cli_on_run_checkpoint_and_weights_file(scan32, tmp_path, run_cli, capsys):
+    from ctdip.dip.runs import RunFolder
     from ctdip.networks import build_network, network_preset
     from ctdip.networks.weights import save_weights
-    from ctdip.dip.runs import RunFolder
 
     torch.manual_seed(0)
     arch = network_preset("tiny")

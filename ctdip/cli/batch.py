@@ -56,9 +56,9 @@ def register(app: typer.Typer) -> None:
         """Reconstruct many specimens: one run folder each; finished ones with the same settings are
         skipped, interrupted ones resumed; a live progress table; exit code 1 listing the failures,
         130/143 after Ctrl-C/SIGTERM (running specimens checkpoint; the same command continues)."""
+        from ctdip.errors import UserError
         from ctdip.workflows.batch import SlurmOptions, failure_lines, run_batch, specimen_line
         from ctdip.workflows.batch_local import signal_name
-        from ctdip.errors import UserError
         from ctdip.workflows.evaluate import format_rows, rich_table
 
         if executor not in ("local", "slurm"):

@@ -42,8 +42,8 @@ def detector_offsets_mm(geom) -> tuple[float, float]:
 
 def fov_radius_mm(geom) -> float | None:
     """Radius of the circle around the rotation axis seen in every view (None if the axis is not)."""
-    from ctdip.errors import UserError
     from ctdip.core.geometry import VolumeGeometry
+    from ctdip.errors import UserError
 
     try:
         v = VolumeGeometry.fov(geom, 100)
@@ -56,8 +56,8 @@ def describe(scan_path: Path, opts: dict[str, Any]) -> dict:
     """Everything ``ctdip check`` reports, as a JSON-ready dict."""
     import numpy as np
 
-    from ctdip.core.io import tiff_dtype
     from ctdip.core.data.loader import load_scan, open_source, scan_options
+    from ctdip.core.io import tiff_dtype
 
     opts = scan_options(**opts)
     sc = load_scan(scan_path, **opts, print_warnings=False)

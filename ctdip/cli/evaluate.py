@@ -27,7 +27,14 @@ def register(app: typer.Typer) -> None:
         """One row per run: PSNR/SSIM, peak / early-stop / final PSNR, rise time, steady PSNR,
         held-out residual and wall time; plus PSNR curves and a reconstruction/error montage."""
         from ctdip.errors import UserError
-        from ctdip.workflows.evaluate import evaluate, format_rows, plot_montage, plot_psnr_curves, rich_table, write_tables
+        from ctdip.workflows.evaluate import (
+            evaluate,
+            format_rows,
+            plot_montage,
+            plot_psnr_curves,
+            rich_table,
+            write_tables,
+        )
 
         if fmt not in ("table", "csv", "md", "json"):
             raise UserError(f"unknown format '{fmt}'; choose one of: table, csv, md, json")

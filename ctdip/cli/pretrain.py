@@ -15,8 +15,8 @@ from typing import Any, Optional
 import typer
 
 from ctdip.cli._options import ORBIT
-from ctdip.errors import UserError
 from ctdip.core.validate import check_output_path
+from ctdip.errors import UserError
 
 HELP = ("Pretrain the DIP U-Net on synthetic ellipses for a geometry (EDIP warm start); "
         "'ctdip pretrain denoiser' trains a DRUNet denoiser for admm/hqs/red.")
@@ -25,15 +25,9 @@ HELP = ("Pretrain the DIP U-Net on synthetic ellipses for a geometry (EDIP warm 
 def _device(name: str):
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device '{name}'; use auto, cpu or cuda[:i]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
-    return dev
+    from ctdip.core.device import resolve_device
+
+    return torch.device(resolve_device(name))
 
 
 def resolve_geometry(scan: Optional[Path], geometry: Optional[Path], setup: Optional[str],
@@ -169,8 +163,8 @@ def pretrain_command(
     if output is None:
         raise UserError("missing -o/--output weights file (e.g. -o weights/walnut20.pt)")
     check_output_path(output, "file")
-    from ctdip.networks import network_preset
     from ctdip.core.operators import RayTransform
+    from ctdip.networks import network_preset
     from ctdip.training.pretrain import PretrainConfig, checkpoint_dir, pretrain
 
     cfg = PretrainConfig(samples=samples, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, noise=noise,
@@ -228,8 +222,8 @@ def denoiser_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Train a DRUNet-style Gaussian denoiser D(x, sigma) for admm / hqs / red (--denoiser FILE)."""
-    from ctdip.training.pretrain import checkpoint_dir
     from ctdip.training.denoiser import DenoiserConfig, train_denoiser
+    from ctdip.training.pretrain import checkpoint_dir
 
     check_output_path(output, "file")
 

@@ -10,8 +10,24 @@ from typing import List, Optional
 
 import typer
 
-from ctdip.cli._options import (ANGLES, BIN, INPUT, ITERATIONS, LR, MODE, NETWORK, ORBIT, SETUP, SIZE, SLICE,
-                                TV_WEIGHT, WEIGHTS, given, method_help, parse_set)
+from ctdip.cli._options import (
+    ANGLES,
+    BIN,
+    INPUT,
+    ITERATIONS,
+    LR,
+    MODE,
+    NETWORK,
+    ORBIT,
+    SETUP,
+    SIZE,
+    SLICE,
+    TV_WEIGHT,
+    WEIGHTS,
+    given,
+    method_help,
+    parse_set,
+)
 from ctdip.errors import UserError
 
 # named options that map to method params of the same name (dashes -> underscores)

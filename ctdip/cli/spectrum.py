@@ -32,10 +32,9 @@ def register(app: typer.Typer) -> None:
         shares and an .npz with everything."""
         import torch
 
-        from ctdip.workflows.reconstruct import resolve_device
-        from ctdip.workflows.spectrum import load_subject, run_spectrum, summary_lines
-
+        from ctdip.core.device import resolve_device
         from ctdip.core.validate import NONNEG_INT, POSITIVE_INT, check_output_path
+        from ctdip.workflows.spectrum import load_subject, run_spectrum, summary_lines
 
         for opt, value, rule in (("--rank", rank, POSITIVE_INT), ("--chunk", chunk, POSITIVE_INT),
                                  ("--ntk-rank", ntk_rank, NONNEG_INT), ("--oversample", oversample, NONNEG_INT),

@@ -244,3 +244,10 @@ def cache_dir() -> Path:
 def preset_dir(kind: str) -> Path:
     """The folder of the shipped presets of one kind: ``methods``, ``networks`` or ``setups``."""
     return Path(__file__).resolve().parent.parent / "presets" / kind
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG, atomically (a killed run never leaves half an image)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())

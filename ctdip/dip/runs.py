@@ -14,7 +14,6 @@ import datetime as _dt
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml

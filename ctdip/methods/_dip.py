@@ -23,18 +23,17 @@ step size ``z_lr``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import yaml
 
+from ctdip.core.io import preset_dir
+from ctdip.core.validate import check_params, choice
 from ctdip.dip.engine import DIPModel, Engine, EngineConfig, StepOut
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult, RunContext
 from ctdip.priors.denoisers import tv_norm
-from ctdip.core.validate import check_params, choice
-from ctdip.core.io import preset_dir
 
 PRESET_DIR = preset_dir("methods")
 

@@ -45,17 +45,16 @@ reference exists, time_s).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import yaml
 
+from ctdip.core.io import preset_dir
+from ctdip.core.validate import check_params
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult, RunContext
-from ctdip.core.validate import check_params
 from ctdip.priors.tv import grad, grad_adjoint, tv  # noqa: F401  (grad, grad_adjoint re-exported)
-from ctdip.core.io import preset_dir
 
 PRESET_DIR = preset_dir("methods")
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 from ctdip.dip.engine import StepOut
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod

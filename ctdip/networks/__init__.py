@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ctdip.errors import UserError
 from ctdip.core.io import preset_dir
+from ctdip.errors import UserError
 
 NETWORKS: dict[str, str] = {
     "unet": "ctdip.networks.unet:UNet",

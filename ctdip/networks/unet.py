@@ -22,8 +22,8 @@ import math
 from typing import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:

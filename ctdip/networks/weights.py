@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.io import atomic_write_bytes
+from ctdip.errors import UserError
 
 FORMAT = "ctdip-weights/1"
 KINDS = ("unet", "denoiser")

@@ -33,9 +33,8 @@ from typing import Protocol
 
 import torch
 
-from ctdip.priors import tv
 from ctdip.errors import UserError
-
+from ctdip.priors import tv
 
 #: Denoisers shipped inside the package: name -> file in ``ctdip/weights/``.
 SHIPPED = {"learned": "drunet_ct.pt"}

@@ -38,8 +38,15 @@ import torch
 import torch.nn.functional as F
 
 from ctdip.errors import UserError
-from ctdip.training.pretrain import (Progress, _generator, _load_training_state, _one_cycle, _optimiser_step,
-                            _save_training_state, checkpoint_dir)
+from ctdip.training.pretrain import (
+    Progress,
+    _generator,
+    _load_training_state,
+    _one_cycle,
+    _optimiser_step,
+    _save_training_state,
+    checkpoint_dir,
+)
 
 VAL_SIGMAS = (0.05, 0.1, 0.2)
 SOURCES = ("ellipses", "walnut", "volumes")

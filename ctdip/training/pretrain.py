@@ -45,7 +45,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -55,8 +54,8 @@ from typing import Any, Callable
 
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.io import atomic_write_bytes, atomic_write_text, cache_dir
+from ctdip.errors import UserError
 
 Progress = Callable[[int, int, dict], None]
 

@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ctdip.errors import CtdipError, UserError
 from ctdip.dip.runs import RunFolder
+from ctdip.errors import CtdipError, UserError
 
 STATES = ("new", "resume", "done", "queued", "running", "finished", "failed", "interrupted", "not_started")
 
@@ -618,8 +618,8 @@ def write_batch_files(output: Path, specs: list[Specimen], rows: list[dict]) -> 
     ``batch_summary.{csv,md,json}`` (evaluate-style rows); returns the paths written."""
     import json
 
-    from ctdip.workflows.evaluate import format_rows
     from ctdip.core.io import atomic_write_text
+    from ctdip.workflows.evaluate import format_rows
 
     status = [{"specimen": s.name, "scan": str(s.scan), "run": str(s.run_dir), "state": s.state,
                "error": s.error, "job_id": s.job_id, "elapsed_s": s.elapsed, "iteration": s.iteration}

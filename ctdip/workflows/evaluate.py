@@ -38,9 +38,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ctdip.core import metrics
-from ctdip.errors import UserError
+from ctdip.core.io import atomic_write_text, save_figure
 from ctdip.dip.runs import RunFolder
-from ctdip.core.io import atomic_write_bytes, atomic_write_text
+from ctdip.errors import UserError
 
 VOLUME_SUFFIXES = (".tif", ".tiff", ".npy")
 
@@ -474,10 +474,6 @@ def write_tables(rows: list[dict], out_dir: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------
 # plots
 # --------------------------------------------------------------------------------------------------
-def _save_fig(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str | Path):
@@ -509,7 +505,7 @@ def plot_psnr_curves(entries: Iterable[Entry], rows: Iterable[dict], path: str |
     else:  # many runs: the legend goes right of the axes, in columns of at most 20 entries
         ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
                   ncol=math.ceil(len(have) / 20), frameon=False)
-    _save_fig(fig, Path(path))
+    save_figure(fig, Path(path))
     plt.close(fig)
     return fig
 
@@ -601,6 +597,6 @@ def plot_montage(entries: Sequence[Entry], rows: Sequence[dict], refs: dict[str,
         cb.set_label("x - reference" + (" (1/mm)" if unit != "value" else ""), fontsize=8)
     if where:
         fig.suptitle("central slice" + (f" {where[0]}" if len(set(where)) == 1 else "s"), fontsize=9)
-    _save_fig(fig, Path(path))
+    save_figure(fig, Path(path))
     plt.close(fig)
     return fig

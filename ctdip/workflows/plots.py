@@ -9,10 +9,11 @@ uses a symmetric diverging scale at the 99th percentile of |error|.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
+
+from ctdip.core.io import save_figure
 
 
 def mid_slice(v: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -27,14 +28,6 @@ def mid_slice(v: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 def _mid(v: np.ndarray) -> np.ndarray:
     return mid_slice(v)[0]
-
-
-def _save(fig, path: str | Path) -> None:
-    from ctdip.core.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = None,
@@ -85,7 +78,7 @@ def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = 
         cb.set_label(unit, fontsize=8)
     if title or where:
         fig.suptitle(", ".join(t for t in (title, where and f"slice {where}") if t), fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return fig
 
@@ -124,6 +117,6 @@ def psnr_curve(path: str | Path, rows: list[dict], title: str = "", marks: dict 
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True

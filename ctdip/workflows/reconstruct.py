@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from ctdip.errors import UserError
-from ctdip.core.validate import FRACTION
+from ctdip.core.device import resolve_device  # noqa: F401  (re-used by the CLI)
 from ctdip.core.io import preset_dir
+from ctdip.core.validate import FRACTION
+from ctdip.errors import UserError
 
 PRESET_DIR = preset_dir("methods")
 
@@ -95,19 +96,6 @@ def resolve_method(method: str, params: dict | None = None):
     m = cls(**merged)
     resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
     return name, cls, preset, overrides, m, resolved
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    d = (device or "auto").lower()
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    if not (d == "cpu" or d.startswith("cuda")):
-        raise UserError(f"--device must be auto, cpu or cuda[:i], got '{device}'")
-    return d
 
 
 def parse_time_limit(value: str | float | int | None) -> float | None:
@@ -189,8 +177,14 @@ class _Progress:
     def __enter__(self) -> "_Progress":
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -350,12 +344,11 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
                 runs_root: str | Path = "runs", _guard: "_FailedStartCleanup | None" = None) -> RunSummary:
     """Run ``method`` on ``scan`` (a :class:`~ctdip.core.data.Scan` or a scan folder, read with
     ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring)."""
-    import torch
 
     from ctdip.core.data import Scan
-    from ctdip.methods.base import RunContext
     from ctdip.core.problem import Problem
     from ctdip.dip.runs import RunFolder, default_run_dir
+    from ctdip.methods.base import RunContext
 
     t_start = time.perf_counter()
     name, cls, preset, overrides, m, resolved = resolve_method(method, params)

@@ -38,6 +38,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from ctdip.core.io import save_figure
 from ctdip.errors import UserError
 
 Params = Mapping[str, torch.Tensor]
@@ -367,16 +368,6 @@ def save_npz(res: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def _save_fig(fig, path: Path) -> None:
-    import io as _io
-
-    from ctdip.core.io import atomic_write_bytes
-
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_spectrum(res: dict, path: str | Path, title: str = "") -> None:
     """Singular values (log scale), Hoyer sparsity and encoder/decoder share per right singular vector."""
     import matplotlib
@@ -407,7 +398,7 @@ def plot_spectrum(res: dict, path: str | Path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, Path(path))
+    save_figure(fig, Path(path))
     plt.close(fig)
 
 
@@ -436,7 +427,7 @@ def plot_eigenimages(res: dict, path: str | Path, max_images: int = 8) -> None:
         ax.set_title(f"u_{k + 1}  (lambda = {e:.3g})", fontsize=8)
     fig.suptitle("NTK eigenimages (J_f J_f^T, image space)", fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, Path(path))
+    save_figure(fig, Path(path))
     plt.close(fig)
 
 
@@ -465,10 +456,10 @@ def load_subject(source: str | Path, scan: str | Path | None = None, scan_option
     with ``input_kind="noise"``).
     """
     from ctdip.core.data.loader import load_scan
-    from ctdip.networks import build_network
-    from ctdip.networks.weights import build_from_weights, load_weights
     from ctdip.core.problem import Problem
     from ctdip.dip.runs import RunFolder
+    from ctdip.networks import build_network
+    from ctdip.networks.weights import build_from_weights, load_weights
 
     source = Path(source)
     info: dict = {"source": str(source)}

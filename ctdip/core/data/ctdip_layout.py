@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from ctdip.core.data import sanity
-from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_stack, write_yaml
 from ctdip.core.data.preprocess import flat_dark_log, mean_frame
+from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_stack, write_yaml
 from ctdip.errors import UserError
 
 GEOMETRY_FILE = "geometry.yaml"
@@ -80,7 +80,7 @@ def parse_angles(spec: Any, path: Path) -> np.ndarray:
 
 def parse_geometry(path: str | Path):
     """(ProjectionGeometry, VolumeGeometry | None) from a geometry.yaml (see module docstring)."""
-    from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+    from ctdip.core.geometry import ProjectionGeometry
 
     path = Path(path)
     g = read_yaml(path)

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from ctdip.core.data import Scan
-from ctdip.errors import UserError
 from ctdip.core.validate import POSITIVE_INT, Rule, choice
+from ctdip.errors import UserError
 
 SCAN_OPTIONS = ("angles", "bin", "bin_to_cols", "slice", "mode", "size", "orbit")
 #: a binned detector column wider than this many voxels (at the rotation axis) draws a warning;

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from ctdip.errors import UserError
 from ctdip.core.data.sanity import check_grid_memory
 from ctdip.core.validate import NONNEG, POSITIVE, Rule, check_output_path, choice
+from ctdip.errors import UserError
 
 SOD_MM = 66.0
 SDD_MM = 199.0

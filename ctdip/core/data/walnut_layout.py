@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_image, write_yaml
-from ctdip.core.data.sanity import check_dtype, check_reference
 from ctdip.core.data.preprocess import check_flat, flat_dark_log, mean_frame
+from ctdip.core.data.sanity import check_dtype, check_reference
+from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_image, write_yaml
 from ctdip.errors import UserError
 
 GEOM_NAME = "scan_geom_corrected.geom"

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 from ctdip.core.io import cache_dir
+from ctdip.errors import UserError
 
 __all__ = ["RayTransform", "fbp", "BACKENDS"]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.errors import UserError
 
 
 def available() -> bool:

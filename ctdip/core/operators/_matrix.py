@@ -32,15 +32,14 @@ from __future__ import annotations
 import io
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ctdip.errors import UserError
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 from ctdip.core.io import atomic_write_bytes, cache_dir
+from ctdip.errors import UserError
 
 PARALLEL_KERNELS = ("linear", "line", "strip")
 FAN_KERNELS = ("line_fanflat",)

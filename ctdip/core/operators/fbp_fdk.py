@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctdip.errors import UserError
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 from ctdip.core.operators._torch import detector_coords
+from ctdip.errors import UserError
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann", "hamming")
 _SAMPLES_PER_CHUNK = 2**22
