@@ -53,6 +53,7 @@ class Registry(Generic[T]):
         return dict(sorted(self._entries.items(), key=lambda kv: self._rank(kv[1])))
 
     def names(self) -> tuple[str, ...]:
+        """The entries' names in listing order."""
         return tuple(self.all())
 
     def get(self, name: str) -> T:

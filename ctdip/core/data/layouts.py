@@ -79,27 +79,13 @@ REGISTRY: Registry[Layout] = Registry("layout", Layout, builtins=(
     "ctdip.core.data.ctdip_layout", "ctdip.core.data.walnut_layout"))
 
 
-def register_layout(layout: Layout, *, replace: bool = False) -> Layout:
-    """Add ``layout`` under ``layout.name``, detected after the built-ins and earlier registrations."""
-    return REGISTRY.register(layout, replace=replace)
-
-
-def unregister_layout(name: str) -> None:
-    REGISTRY.unregister(name)
-
-
-def layouts() -> dict[str, Layout]:
-    """The registered layouts by name, in detection order."""
-    return REGISTRY.all()
-
-
-def layout_names() -> tuple[str, ...]:
-    return REGISTRY.names()
-
-
-def get_layout(name: str) -> Layout:
-    """The layout called ``name``; ``KeyError`` when none is."""
-    return REGISTRY.get(name)
+# the registry's functions under their layout names: register_layout(layout, replace=False),
+# unregister_layout(name), layouts() (name -> layout, detection order), layout_names(), get_layout(name)
+register_layout = REGISTRY.register
+unregister_layout = REGISTRY.unregister
+layouts = REGISTRY.all
+layout_names = REGISTRY.names
+get_layout = REGISTRY.get
 
 
 def find_layout(folder: Path) -> Layout:

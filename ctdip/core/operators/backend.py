@@ -114,28 +114,13 @@ REGISTRY: Registry[Backend] = Registry("backend", Backend, builtins=(
     reserved=("auto",))
 
 
-def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
-    """Add ``backend`` under ``backend.name`` (a name already taken needs ``replace=True``)."""
-    return REGISTRY.register(backend, replace=replace)
-
-
-def unregister_backend(name: str) -> None:
-    """Remove a registered backend (tests that register a toy one)."""
-    REGISTRY.unregister(name)
-
-
-def backends() -> dict[str, Backend]:
-    """The registered backends by name: the built-ins, then others in registration order."""
-    return REGISTRY.all()
-
-
-def backend_names() -> tuple[str, ...]:
-    return REGISTRY.names()
-
-
-def get_backend(name: str) -> Backend:
-    """The backend called ``name``; ``KeyError`` when none is."""
-    return REGISTRY.get(name)
+# the registry's functions under their backend names: register_backend(backend, replace=False),
+# unregister_backend(name), backends() (name -> backend, listing order), backend_names(), get_backend(name)
+register_backend = REGISTRY.register
+unregister_backend = REGISTRY.unregister
+backends = REGISTRY.all
+backend_names = REGISTRY.names
+get_backend = REGISTRY.get
 
 
 def auto_backend(geometry: ProjectionGeometry, volume: VolumeGeometry, device: torch.device,
