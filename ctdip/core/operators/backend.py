@@ -12,10 +12,13 @@ tests in ``tests/test_operators.py`` run on every registered backend that is ava
 
 Each backend module registers itself (``register_backend(MyBackend())`` at its end); the
 built-in ones (``_matrix``, ``_torch``, ``_astra_cuda``, listed in that order) are imported on the
-first registry query (``ctdip.core.registry``). ``backend="auto"`` walks the available backends by ascending ``auto_rank`` and
-takes the first whose :meth:`Backend.fits` says yes; with the built-in ranks that is: astra-cuda
-on a CUDA device when ASTRA has CUDA, else matrix for 2D on any device and for 3D on CPU (when its
-memory estimate is within the budget), else torch (which fits everything).
+first registry query (``ctdip.core.registry``).
+
+``backend="auto"`` walks the backends by ascending ``auto_rank`` and takes the first that is
+available, runs on the device and whose :meth:`Backend.fits` says yes. With the built-in ranks
+(astra-cuda 10, matrix 20, torch 100) that is: astra-cuda on a CUDA device when ASTRA has CUDA,
+else matrix for 2D on any device and for 3D on CPU (when its memory estimate is within the
+budget), else torch (which fits everything).
 """
 
 from __future__ import annotations
