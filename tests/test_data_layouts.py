@@ -69,3 +69,83 @@ def test_resample_preserves_constant_and_mean():
     new = old.with_size(32)
     x = np.full((1, 64, 64), 2.0, np.float32)
     assert np.allclose(resample(x, old, new), 2.0)
+
+
+# ---------------------------------------------------------------------------- the layout registry
+def test_registry_lists_the_builtin_layouts_in_detection_order(tmp_path):
+    from ctdip.core.data.layouts import Layout, layout_names, layouts
+    from ctdip.core.data.loader import detect_layout, open_source
+    from ctdip.errors import UserError
+
+    assert layout_names() == ("ctdip", "walnut")
+    assert all(isinstance(lay, Layout) and lay.description for lay in layouts().values())
+    both = tmp_path / "both"  # a folder matching both layouts is a ctdip folder (detected first)
+    (both / "Projections").mkdir(parents=True)
+    (both / "geometry.yaml").write_text("type: fan\n")
+    assert detect_layout(both) == "ctdip"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as e:
+        open_source(tmp_path / "empty")
+    assert e.value.message == ("unknown scan layout: expected geometry.yaml + projections.tif (ctdip layout) or "
+                               "Projections/tubeV*/scan_NNNNNN.tif (walnut layout)")
+
+
+class _NpyLayout:
+    """A toy layout: ``sino.npy`` (angles, cols) of a 2D parallel scan, one degree per view."""
+
+    name = "npy-toy"
+    description = "sino.npy"
+
+    def detect(self, folder):
+        return (folder / "sino.npy").is_file()
+
+    def open(self, folder, options):
+        return _NpySource(folder)
+
+
+class _NpySource:
+    layout = "npy-toy"
+
+    def __init__(self, folder):
+        from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+
+        self.info: dict = {}
+        self.warnings: list[str] = []
+        self.geometry_path = folder / "sino.npy"
+        self.sino = np.load(self.geometry_path).astype(np.float32)
+        n, cols = self.sino.shape
+        self.geometry = ProjectionGeometry.circular("parallel", np.radians(np.arange(n)), cols, pixel_mm=1.0)
+        self.volume = VolumeGeometry((1, cols, cols), 1.0)
+
+    def read(self, views, rows=None):
+        return self.sino[np.asarray(views)][:, None, :]
+
+    def read_reference(self, z=None):
+        return None
+
+
+def test_a_registered_toy_layout_is_detected_loaded_and_removed(tmp_path):
+    from ctdip.core.data.layouts import ScanSource, layout_names, register_layout, unregister_layout
+    from ctdip.core.data.loader import detect_layout
+    from ctdip.errors import UserError
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    sino = np.random.default_rng(0).random((90, 32))
+    np.save(folder / "sino.npy", sino)
+    register_layout(_NpyLayout())
+    try:
+        assert layout_names() == ("ctdip", "walnut", "npy-toy")
+        assert detect_layout(folder) == "npy-toy" and isinstance(_NpySource(folder), ScanSource)
+        scan = load_scan(folder, angles=30, size=16)
+        assert scan.layout == "npy-toy" and scan.projections.shape == (30, 1, 32)
+        np.testing.assert_array_equal(scan.projections[:, 0], sino[::3].astype(np.float32))
+        assert scan.volume.shape == (1, 16, 16) and scan.reference is None
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(UserError, match=r"\(walnut layout\) or sino.npy \(npy-toy layout\)$"):
+            detect_layout(tmp_path / "empty")
+    finally:
+        unregister_layout("npy-toy")
+    assert layout_names() == ("ctdip", "walnut")
+    with pytest.raises(UserError, match="unknown scan layout"):
+        load_scan(folder)

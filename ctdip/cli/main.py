@@ -26,13 +26,7 @@ SUBCOMMANDS = ["simulate", "reconstruct", "pretrain", "evaluate", "spectrum", "b
 
 def _register_all() -> None:
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"ctdip.cli.{name}")
-        except ModuleNotFoundError as e:  # a subcommand not built yet
-            if e.name == f"ctdip.cli.{name}":
-                continue
-            raise
-        mod.register(app)
+        importlib.import_module(f"ctdip.cli.{name}").register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -17,12 +17,17 @@ Tensors: ``y`` is (angles, rows, cols); images are (z, y, x) volumes. Networks w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ctdip.errors import UserError
+
+if TYPE_CHECKING:
+    from ctdip.core.data import Scan
+    from ctdip.core.geometry import VolumeGeometry
+    from ctdip.core.operators import RayTransform
 
 
 def holdout_indices(n_views: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -39,14 +44,14 @@ def holdout_indices(n_views: int, fraction: float) -> tuple[np.ndarray, np.ndarr
 
 @dataclass
 class Problem:
-    A: Any  # ctdip.core.operators.RayTransform on the fitted views
+    A: RayTransform  # on the fitted views
     y: torch.Tensor  # (angles, rows, cols), scaled by intensity_scale
-    volume: Any  # ctdip.core.geometry.VolumeGeometry
+    volume: VolumeGeometry
     x_init: torch.Tensor | None = None  # FBP/FDK (z, y, x), scaled
     reference: torch.Tensor | None = None  # (z, y, x), scaled
     intensity_scale: float = 1.0
     opnorm: float = 1.0
-    A_held: Any = None  # operator on held-out views (or None)
+    A_held: RayTransform | None = None  # operator on held-out views (or None)
     y_held: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
 
@@ -54,13 +59,13 @@ class Problem:
     @classmethod
     def from_scan(
         cls,
-        scan,
+        scan: Scan,
         backend: str = "auto",
         device: str | torch.device = "cpu",
         intensity_scale: float | str = "auto",
         holdout: float = 0.0,
         fbp_filter: str = "ram-lak",
-    ) -> "Problem":
+    ) -> Problem:
         try:
             return cls._from_scan(scan, backend, device, intensity_scale, holdout, fbp_filter)
         except UserError as e:  # e.g. FBP refusing a short scan: name the scan's geometry file
@@ -70,7 +75,8 @@ class Problem:
             raise
 
     @classmethod
-    def _from_scan(cls, scan, backend, device, intensity_scale, holdout, fbp_filter) -> "Problem":
+    def _from_scan(cls, scan: Scan, backend: str, device: str | torch.device, intensity_scale: float | str,
+                   holdout: float, fbp_filter: str) -> Problem:
         from ctdip.core.operators import RayTransform, fbp
 
         device = torch.device(device)

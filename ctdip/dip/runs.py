@@ -1,10 +1,20 @@
 """Run folders: config snapshot, metrics log, volumes, summary, checkpoints (all writes atomic).
 
-Layout::
+One run of ``ctdip reconstruct`` is one folder, ``runs/<timestamp>_<method>_<dataset>/`` by
+default (:func:`default_run_dir`; ``-o`` names another)::
 
-    runs/<timestamp>_<method>_<dataset>/
-      config.yaml  metrics.csv  recon.tif  recon_es.tif  recon_best.tif  summary.json
-      checkpoint.pt  preview.png  psnr.png
+    config.yaml      the resolved settings: method, parameters and their sources, seed, scan
+                     options, geometry and volume hashes, scalings (what ``--resume`` reads back)
+    metrics.csv      one row per logged iteration (``METRIC_COLUMNS``), appended as the run goes
+    recon.tif        the returned reconstruction, in the data's units (float32, voxel size tagged)
+    recon_<k>.tif    the picks a method keeps: ``es`` (ES-WMV early stop), ``ema`` (output
+                     average), ``best`` (peak PSNR; only with a reference)
+    summary.json     the run's numbers (PSNR/SSIM with a reference, timings, the method's results)
+    checkpoint.pt    the iteration state a resume continues from bit for bit
+    preview.png, psnr.png   figures (``ctdip.workflows.plots``)
+
+The README ("DIP methods", "What the engine writes") describes the files for users. This module
+writes and reads them; a run folder is finished when ``summary.json`` and ``recon.tif`` exist.
 """
 
 from __future__ import annotations

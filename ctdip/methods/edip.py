@@ -35,10 +35,8 @@ class EDIP(DIPMethod):
     def weights_path(self, problem, arch: dict):
         if self.p["weights"]:
             return self.p["weights"]
-        try:
-            from ctdip.training.pretrain import ensure_warm_start
-        except ImportError:
-            raise UserError(f"method '{self.name}' needs --weights FILE (pretrained U-Net weights)") from None
+        from ctdip.training.pretrain import ensure_warm_start
+
         return ensure_warm_start(problem, arch, quiet=bool(getattr(self.ctx, "quiet", False)))
 
     def check_network(self, problem) -> None:

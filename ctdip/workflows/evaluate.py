@@ -167,11 +167,11 @@ def run_reference(entry: Entry) -> tuple[np.ndarray, Path] | None:
         if ref.shape == entry.recon.shape:
             return ref, direct
     opts = (entry.config.get("scan") or {}).get("options") if isinstance(entry.config.get("scan"), dict) else None
-    try:
-        from ctdip.core.data.loader import load_scan
+    from ctdip.core.data.loader import load_scan
 
+    try:
         sc = load_scan(scan, print_warnings=False, **{k: v for k, v in dict(opts or {}).items() if v is not None})
-    except (UserError, TypeError, ImportError):
+    except (UserError, TypeError):
         return None
     if sc.reference is None:
         return None

@@ -27,12 +27,14 @@ the field of view seen at all angles on ``detector.cols`` voxels (``VolumeGeomet
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ctdip.core.data import sanity
+from ctdip.core.data.layouts import register_layout
 from ctdip.core.data.preprocess import flat_dark_log, mean_frame
 from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_stack, write_yaml
 from ctdip.errors import UserError
@@ -334,3 +336,19 @@ def write_ctdip(folder: str | Path, projections: np.ndarray, geometry_yaml: dict
         write_tiff(folder / "reference.tif", reference, voxel_mm)
         written.append(folder / "reference.tif")
     return written
+
+
+class CtdipLayout:
+    """The ctdip layout in the layout registry (detected first)."""
+
+    name = "ctdip"
+    description = f"{GEOMETRY_FILE} + projections.tif"
+
+    def detect(self, folder: Path) -> bool:
+        return is_ctdip_folder(folder)
+
+    def open(self, folder: Path, options: Mapping[str, Any]) -> CtdipSource:
+        return CtdipSource(folder)
+
+
+register_layout(CtdipLayout())

@@ -1,7 +1,8 @@
 """Open any scan folder as a :class:`~ctdip.core.data.Scan`, applying the shared reconstruct options.
 
-Layouts are recognised by content: ``geometry.yaml``/``projections.tif`` -> ctdip layout;
-``Projections/tubeV*``, ``tubeV*`` or ``scan_geom_corrected.geom`` -> walnut layout.
+Layouts are recognised by content, in the layout registry's order (``ctdip.core.data.layouts``):
+``geometry.yaml``/``projections.tif`` -> ctdip layout; ``Projections/tubeV*``, ``tubeV*`` or
+``scan_geom_corrected.geom`` -> walnut layout.
 
 Options (``--setup NAME`` presets supply defaults; explicit options win), applied in this order
 through the geometry layer so every backend sees the same numbers:
@@ -80,33 +81,23 @@ def load_setup(name: str | Path) -> dict:
 
 
 def detect_layout(folder: Path) -> str:
-    from ctdip.core.data.ctdip_layout import is_ctdip_folder
-    from ctdip.core.data.walnut_layout import is_walnut_folder
+    """The name of the first registered layout (``ctdip.core.data.layouts``) that detects ``folder``."""
+    from ctdip.core.data.layouts import find_layout
 
-    if is_ctdip_folder(folder):
-        return "ctdip"
-    if is_walnut_folder(folder):
-        return "walnut"
-    raise UserError("unknown scan layout: expected geometry.yaml + projections.tif (ctdip layout) or "
-                    "Projections/tubeV*/scan_NNNNNN.tif (walnut layout)", path=folder)
+    return find_layout(folder).name
 
 
 def open_source(path: str | Path, orbit: int | None = None):
-    """The lazily-read source of a scan folder (``CtdipSource`` or ``WalnutSource``)."""
+    """The lazily-read source of a scan folder (a ``ScanSource`` of ``ctdip.core.data.layouts``)."""
+    from ctdip.core.data.layouts import find_layout
+
     folder = Path(path)
     if not folder.exists():
         raise UserError("scan folder not found", path=folder)
     if not folder.is_dir():
         raise UserError("not a folder (a scan is a folder: projections.tif + geometry.yaml, or the walnut "
                         "layout)", path=folder)
-    layout = detect_layout(folder)
-    if layout == "ctdip":
-        from ctdip.core.data.ctdip_layout import CtdipSource
-
-        return CtdipSource(folder)
-    from ctdip.core.data.walnut_layout import WalnutSource
-
-    return WalnutSource(folder, orbit=2 if orbit is None else int(orbit))
+    return find_layout(folder).open(folder, {"orbit": orbit})
 
 
 def parse_slice(spec: Any, nz: int) -> int:

@@ -36,10 +36,13 @@ the reference reconstructions.)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ctdip.core.data.layouts import register_layout
 from ctdip.core.data.preprocess import check_flat, flat_dark_log, mean_frame
 from ctdip.core.data.sanity import check_dtype, check_reference
 from ctdip.core.io import read_tiff, read_yaml, tiff_dtype, tiff_info, write_tiff_image, write_yaml
@@ -244,3 +247,21 @@ def write_walnut(folder: str | Path, counts: np.ndarray, flats: np.ndarray, dark
         write_tiff(folder / "reference.tif", reference, volume.voxel_mm)
         written += [rd, folder / "reference.tif"]
     return written
+
+
+class WalnutLayout:
+    """The walnut layout in the layout registry; scan option ``orbit`` (1..3, default 2) picks the
+    source position."""
+
+    name = "walnut"
+    description = "Projections/tubeV*/scan_NNNNNN.tif"
+
+    def detect(self, folder: Path) -> bool:
+        return is_walnut_folder(folder)
+
+    def open(self, folder: Path, options: Mapping[str, Any]) -> WalnutSource:
+        orbit = options.get("orbit")
+        return WalnutSource(folder, orbit=2 if orbit is None else int(orbit))
+
+
+register_layout(WalnutLayout())

@@ -16,7 +16,9 @@ Backends (``backend=``): ``"matrix"`` (a cached sparse system matrix: ASTRA's 2D
 CPU or CUDA), ``"torch"`` (our differentiable ray marching; any vector geometry, 2D and 3D;
 CPU or CUDA), ``"astra-cuda"`` (ASTRA's CUDA projectors; CUDA only) and ``"auto"``: astra-cuda on
 a CUDA device when ASTRA has CUDA, else matrix for 2D on any device and for 3D on CPU (when within
-the memory budget), else torch.
+the memory budget), else torch. Each backend implements the ``Backend`` protocol of
+:mod:`ctdip.core.operators.backend` and registers itself there; ``RayTransform`` has no list of
+its own (``BACKENDS`` is ``("auto", *backend_names())``).
 
 Autograd: ``A(x)`` is a ``torch.autograd.Function`` whose backward is ``A.T`` (and vice versa), so
 gradients are exact adjoints and cost one operator application.
@@ -36,11 +38,16 @@ import torch
 
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 from ctdip.core.io import cache_dir
+from ctdip.core.operators.backend import Backend, Projector, auto_backend, backend_names, get_backend, register_backend
 from ctdip.errors import UserError
 
-__all__ = ["RayTransform", "fbp", "BACKENDS"]
+__all__ = ["RayTransform", "fbp", "BACKENDS", "Backend", "Projector", "register_backend", "backend_names"]
 
-BACKENDS = ("auto", "matrix", "torch", "astra-cuda")
+
+def __getattr__(name: str) -> Any:
+    if name == "BACKENDS":  # the --backend choices: auto and every registered backend
+        return ("auto", *backend_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Apply(torch.autograd.Function):
@@ -65,8 +72,9 @@ class RayTransform:
 
     def __init__(self, geometry: ProjectionGeometry, volume: VolumeGeometry, backend: str = "auto",
                  device: str | torch.device = "cpu", kernel: str | None = None):
-        if backend not in BACKENDS:
-            raise UserError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        choices = ("auto", *backend_names())
+        if backend not in choices:
+            raise UserError(f"unknown backend {backend!r}; expected one of {', '.join(choices)}")
         self.geometry, self.volume = geometry, volume
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -76,26 +84,11 @@ class RayTransform:
         self.backend, self._impl = self._make(backend)
 
     # ------------------------------------------------------------------ backends
-    def _make(self, backend: str):
-        from ctdip.core.operators import _astra_cuda, _matrix, _torch
-
+    def _make(self, backend: str) -> tuple[str, Projector]:
+        """The registered backend's operator (``auto``: :func:`~ctdip.core.operators.backend.auto_backend`)."""
         g, v, dev = self.geometry, self.volume, self.device
-        if backend == "auto":
-            if dev.type == "cuda" and _astra_cuda.available():
-                return "astra-cuda", _astra_cuda.AstraCudaRayTransform(g, v, dev)
-            # 2D: ASTRA's matrix on any device; 3D: the ray marcher's matrix on CPU; within budget
-            if _matrix.astra_2d(g, v) or dev.type == "cpu":
-                k = self.kernel or _matrix.default_kernel(g, v)
-                _matrix.check_supported(g, v, k)
-                need = _matrix.estimate_nnz(g, v, k) * _matrix._BYTES_PER_NNZ
-                if need <= _matrix.memory_budget_bytes():
-                    return "matrix", _matrix.MatrixRayTransform(g, v, dev, k)
-            return "torch", _torch.TorchRayTransform(g, v, dev)
-        if backend == "matrix":
-            return "matrix", _matrix.MatrixRayTransform(g, v, dev, self.kernel)
-        if backend == "torch":
-            return "torch", _torch.TorchRayTransform(g, v, dev)
-        return "astra-cuda", _astra_cuda.AstraCudaRayTransform(g, v, dev)
+        b = auto_backend(g, v, dev, self.kernel) if backend == "auto" else get_backend(backend)
+        return b.name, b.create(g, v, dev, self.kernel)
 
     # ------------------------------------------------------------------ shapes
     @property

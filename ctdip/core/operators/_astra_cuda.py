@@ -17,19 +17,27 @@ from __future__ import annotations
 import torch
 
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.operators.backend import BackendDefaults, register_backend
 from ctdip.errors import UserError
+
+
+def unavailable_reason() -> str | None:
+    """None when torch sees a CUDA device and ASTRA was built with CUDA, else why not (one line)."""
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    try:
+        import astra
+
+        if not astra.use_cuda():
+            return "ASTRA was built without CUDA (or sees no GPU)"
+    except Exception as e:  # noqa: BLE001 - any import/driver failure means "not available"
+        return f"ASTRA cannot be used ({(str(e).splitlines() or [type(e).__name__])[0]})"
+    return None
 
 
 def available() -> bool:
     """True when torch sees a CUDA device and ASTRA was built with CUDA."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import astra
-
-        return bool(astra.use_cuda())
-    except Exception:  # noqa: BLE001 - any import/driver failure means "not available"
-        return False
+    return unavailable_reason() is None
 
 
 def astra_geometries(geometry: ProjectionGeometry, volume: VolumeGeometry) -> tuple[dict, dict]:
@@ -79,3 +87,22 @@ class AstraCudaRayTransform:
                 ax.direct_BP3D(self.pid, out[b], ya[b])
         torch.cuda.synchronize(y.device)
         return out
+
+
+class AstraCudaBackend(BackendDefaults):
+    """``astra-cuda``: ASTRA's CUDA projectors; ``auto``'s first choice on a CUDA device."""
+
+    name = "astra-cuda"
+    description = "ASTRA's 3D CUDA projectors on GPU tensors (CUDA only)"
+    devices = ("cuda",)
+    auto_rank = 10
+
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason()
+
+    def create(self, geometry: ProjectionGeometry, volume: VolumeGeometry, device: torch.device,
+               kernel: str | None = None) -> AstraCudaRayTransform:
+        return AstraCudaRayTransform(geometry, volume, device)
+
+
+register_backend(AstraCudaBackend())

@@ -39,6 +39,7 @@ import torch
 
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
 from ctdip.core.io import atomic_write_bytes, cache_dir
+from ctdip.core.operators.backend import BackendDefaults, register_backend
 from ctdip.errors import UserError
 
 PARALLEL_KERNELS = ("linear", "line", "strip")
@@ -85,6 +86,11 @@ def estimate_nnz(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: s
     _, ny, nx = volume.shape
     per_ray = {"line": 2.0, "linear": 2.0, "strip": 3.0, "line_fanflat": 2.0}.get(kernel, 3.0)
     return int(geometry.n_views * geometry.det_shape[1] * per_ray * max(ny, nx) * 1.5)
+
+
+def matrix_bytes(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: str) -> float:
+    """Estimated memory of M and M^T (non-zeros x bytes per non-zero), what the budget is checked against."""
+    return estimate_nnz(geometry, volume, kernel) * _BYTES_PER_NNZ
 
 
 def check_supported(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: str) -> None:
@@ -297,7 +303,7 @@ def load_or_build(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: 
                 return M
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache entry: rebuild it
-    need = estimate_nnz(geometry, volume, kernel) * _BYTES_PER_NNZ
+    need = matrix_bytes(geometry, volume, kernel)
     budget = memory_budget_bytes()
     if need > budget:
         rows, cols = geometry.det_shape
@@ -362,3 +368,32 @@ class MatrixRayTransform:
         B = y.shape[0]
         out = self._apply(self.MT, y.reshape(B, -1))
         return out.reshape(B, *self.volume.shape)
+
+
+class MatrixBackend(BackendDefaults):
+    """``matrix``: the cached sparse system matrix (CPU or CUDA); see the module docstring."""
+
+    name = "matrix"
+    description = "cached sparse system matrix (ASTRA 2D kernels, or the ray marcher written out)"
+    devices = ("cpu", "cuda")
+    auto_rank = 20
+
+    def memory_bytes(self, geometry: ProjectionGeometry, volume: VolumeGeometry,
+                     kernel: str | None = None) -> float:
+        return matrix_bytes(geometry, volume, kernel or default_kernel(geometry, volume))
+
+    def fits(self, geometry: ProjectionGeometry, volume: VolumeGeometry, device: torch.device,
+             kernel: str | None = None) -> bool:
+        """2D (ASTRA's kernels) on any device, 3D on CPU only, and within the memory budget."""
+        if not (astra_2d(geometry, volume) or device.type == "cpu"):
+            return False
+        k = kernel or default_kernel(geometry, volume)
+        check_supported(geometry, volume, k)
+        return self.memory_bytes(geometry, volume, k) <= memory_budget_bytes()
+
+    def create(self, geometry: ProjectionGeometry, volume: VolumeGeometry, device: torch.device,
+               kernel: str | None = None) -> MatrixRayTransform:
+        return MatrixRayTransform(geometry, volume, device, kernel)
+
+
+register_backend(MatrixBackend())

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.operators.backend import BackendDefaults, register_backend
 
 # Samples (rays x steps x batch) per chunk: bounds peak memory to a few hundred MB.
 _POINTS_PER_CHUNK = 2**22
@@ -211,3 +212,20 @@ def detector_coords(geometry: ProjectionGeometry, vec: torch.Tensor, pts: torch.
     else:
         depth = torch.ones_like(w)
     return col, row, depth
+
+
+class TorchBackend(BackendDefaults):
+    """``torch``: ray marching, any vector geometry, any device; ``auto``'s last resort (fits all;
+    no precomputed operator, chunks bound the working memory)."""
+
+    name = "torch"
+    description = "differentiable ray marching in torch (any vector geometry, 2D and 3D)"
+    devices = ("cpu", "cuda")
+    auto_rank = 100
+
+    def create(self, geometry: ProjectionGeometry, volume: VolumeGeometry, device: torch.device,
+               kernel: str | None = None) -> TorchRayTransform:
+        return TorchRayTransform(geometry, volume, device)
+
+
+register_backend(TorchBackend())
