@@ -36,7 +36,7 @@ class EDIP(DIPMethod):
         if self.p["weights"]:
             return self.p["weights"]
         try:
-            from ctdip.training.pretrain import ensure_warm_start
+            from ctdip.training.warmstart import ensure_warm_start
         except ImportError:
             raise UserError(f"method '{self.name}' needs --weights FILE (pretrained U-Net weights)") from None
         return ensure_warm_start(problem, arch, quiet=bool(getattr(self.ctx, "quiet", False)))
