@@ -203,3 +203,20 @@ def test_cli_errors(run_cli, scan_dir, tmp_path, capsys):
                    "--device", "cpu", "-q")
     err = capsys.readouterr().err
     assert code == 2 and "nothing to resume" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("opts", [{}, {"mode": "3d"}, {"mode": "3d", "bin": 2, "angles": 6}, {"slice": "+2"},
+                                  {"slice": "3", "angles": 6, "bin": 2, "size": 12}, {"size": 24}])
+def test_a_bare_geometry_yaml_gives_the_geometry_of_its_scan(opts, tmp_path_factory):
+    """``load_geometry`` (``ctdip pretrain --geometry``) applies the scan options as ``load_scan`` does."""
+    from ctdip.cli.main import main
+    from ctdip.core.data.loader import load_geometry, load_scan
+    from ctdip.networks.weights import geometry_key
+
+    d = tmp_path_factory.getbasetemp() / "cone16"
+    if not d.exists():
+        assert main(["simulate", str(d), "--geometry", "cone", "--size", "16", "--angles", "12", "-q"]) == 0
+    scan = load_scan(d, read_reference=False, **opts)
+    geom, vol = load_geometry(d / "geometry.yaml", **opts)
+    assert geometry_key(geom, vol) == geometry_key(scan.geometry, scan.volume)
+    assert tuple(vol.shape) == tuple(scan.volume.shape) and geom.det_shape == scan.geometry.det_shape
