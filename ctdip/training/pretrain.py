@@ -25,9 +25,10 @@ reconstruction", IEEE TCI), as implemented here for *the target geometry* ``(A, 
    ellipses and the PSNR on a Shepp–Logan phantom simulated with the same geometry and noise.
    ``best.pt`` keeps the best Shepp–Logan PSNR, ``step_NNNNNN.pt`` are periodic checkpoints.
    With ``select="rise-time"`` (the paper's protocol), every periodic checkpoint is fine-tuned as
-   a DIP on the Shepp–Logan data, ``min_theta ||A f_theta(x_fbp) - y||^2`` with Adam (lr 1e-4) for
-   ``select_iters`` iterations, and the checkpoint that first reaches the common target PSNR
-   (the lowest of the candidates' steady PSNRs, minus 0.1 dB) is written as the result.
+   a DIP on the Shepp–Logan data through the DIP engine, ``min_theta ||A f_theta(x_fbp) - y||^2``
+   with Adam (lr 1e-4) for ``select_iters`` iterations, and the checkpoint that first reaches the
+   common target PSNR (the lowest of the candidates' steady PSNRs, minus 0.1 dB) is written as the
+   result.
 
 The data are made by :mod:`ctdip.training.simulator`, the loop is :func:`ctdip.training.trainer.train`
 (deterministic per step: the generator of step ``k`` is seeded with ``(seed, k)``, so ``--resume``

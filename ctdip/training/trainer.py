@@ -17,8 +17,11 @@ warm-up over the first 30 % of the steps from ``lr/25`` to ``lr``, then a cosine
 The training folder ``<out>.ckpt/`` beside the output (:func:`checkpoint_dir`) holds ``state.pt``
 (network, optimiser, schedule, step, history, best, samples, the ``arch`` and data ``spec`` a
 resume must match, and the seconds spent generating data ``gen_s`` and in optimiser steps
-``train_s``), ``best.pt``, ``step_NNNNNN.pt``, ``last.pt`` and ``log.csv`` (one row per
-validation). Each trainer then writes its output from these and returns a :class:`TrainingResult`.
+``train_s``), ``best.pt``, ``step_NNNNNN.pt``, ``last.pt`` and ``log.csv``: one row per validation
+with ``step``, ``samples``, ``lr``, ``train_loss`` (the mean since the previous validation), the
+validation's entries, ``samples_per_s`` (per second of data generation and optimiser steps) and
+``time_s`` (seconds since the start, validation included). Each trainer then writes its output
+from these files and returns a :class:`TrainingResult`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Layouts are recognised by content: ``geometry.yaml``/``projections.tif`` -> ctdi
 ``Projections/tubeV*``, ``tubeV*`` or ``scan_geom_corrected.geom`` -> walnut layout.
 
 Options (``--setup NAME`` presets supply defaults; explicit options win), applied in this order
-through the geometry layer so every backend sees the same numbers:
+through the geometry layer so every backend sees the same numbers (:func:`load_geometry` applies
+them to a bare ``geometry.yaml``, without projections):
 
 1. ``angles K``: the K equispaced views ``geometry.view_indices(K)``; only those are read.
 2. ``mode``: ``2d`` (default) reconstructs one slice; ``3d`` the volume. Data with one detector
