@@ -223,9 +223,9 @@ def main(argv=None) -> int:
         R["pretrain"] = {"steps": cfg.total_steps, "batch_size": cfg.batch_size,
                          "samples": cfg.total_steps * cfg.batch_size, "wall_s": time.perf_counter() - t,
                          "samples_per_s": res.samples_per_s, "data_samples_per_s": res.data_samples_per_s,
-                         "best_psnr": res.best_psnr, "best_step": res.best_step,
+                         "best_psnr": res.best_value, "best_step": res.best_step,
                          "history": [{k: h.get(k) for k in ("step", "val_psnr", "val_loss")} for h in res.history]}
-        print(f"pretrain: {R['pretrain']['wall_s']:.0f} s, best SL PSNR {res.best_psnr:.2f}", flush=True)
+        print(f"pretrain: {R['pretrain']['wall_s']:.0f} s, best SL PSNR {res.best_value:.2f}", flush=True)
         save()
     if "dip" in args.stages:
         base = {"iterations": args.iterations, "network": args.network, "log_every": 10, "checkpoint_every": 0}
@@ -248,9 +248,9 @@ def main(argv=None) -> int:
                               checkpoint_every=0)
         res = train_denoiser(den, dcfg, log=lambda m: print(m, flush=True))
         R["denoiser"] = {"size": dcfg.size, "steps": dcfg.steps, "batch_size": dcfg.batch_size, "patch": dcfg.patch,
-                         "sigma_max": dcfg.sigma_max, "wall_s": res["wall_s"], "samples_per_s": res["samples_per_s"],
-                         "val": {str(k): v for k, v in res["val"].items()}}
-        print(f"denoiser: {res['val']}", flush=True)
+                         "sigma_max": dcfg.sigma_max, "wall_s": res.wall_s, "samples_per_s": res.samples_per_s,
+                         "val": {str(k): v for k, v in res.val.items()}}
+        print(f"denoiser: {res.val}", flush=True)
         save()
     if "admm" in args.stages:
         base = {"iterations": args.iterations, "network": args.network, "log_every": 10, "checkpoint_every": 0}

@@ -42,18 +42,18 @@ def trained(tmp_path_factory, one_thread):
 
 def test_denoiser_lowers_mse_at_three_noise_levels(trained):
     res, cfg = trained
-    first = res["history"][0]
-    assert res["history"][-1]["val_loss"] < 0.6 * first["val_loss"]
-    for s, (mse_noisy, mse_den) in res["val"].items():
+    first = res.history[0]
+    assert res.history[-1]["val_loss"] < 0.6 * first["val_loss"]
+    for s, (mse_noisy, mse_den) in res.val.items():
         # measured: 0.05: 2.48e-3 -> 2.07e-3, 0.1: 9.99e-3 -> 5.15e-3, 0.2: 3.99e-2 -> 1.25e-2
         assert mse_den < 0.92 * mse_noisy, (s, mse_noisy, mse_den)
-    gains = {s: mn / md for s, (mn, md) in res["val"].items()}
+    gains = {s: mn / md for s, (mn, md) in res.val.items()}
     assert gains[0.2] > 2.0 and gains[0.1] > 1.4
 
 
 def test_weights_file_and_plugging_into_admm_denoiser_interface(trained):
     res, cfg = trained
-    path = res["path"]
+    path = res.path
     obj = torch.load(path, map_location="cpu", weights_only=True)
     assert obj["format"] == "ctdip-weights/1" and obj["kind"] == "denoiser"
     assert obj["arch"]["name"] == "drunet" and obj["geometry_key"] is None
@@ -90,7 +90,7 @@ def test_resume_continues_to_the_same_weights(tmp_path, one_thread):
     b = torch.load(tmp_path / "part.ckpt" / "last.pt", weights_only=True)["state_dict"]
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    assert resumed["history"][-1]["step"] == 12
+    assert resumed.history[-1]["step"] == 12
 
 
 def test_user_volumes_source(tmp_path):
@@ -103,7 +103,7 @@ def test_user_volumes_source(tmp_path):
     cfg = DenoiserConfig(size="tiny", patch=24, batch_size=4, steps=3, val_every=0, checkpoint_every=0,
                          sources=("volumes",), volumes=[str(tmp_path / "vol.tif")])
     res = train_denoiser(tmp_path / "d.pt", cfg)
-    assert res["path"].exists()
+    assert res.path.exists()
 
 
 def test_cli_denoiser_and_errors(run_cli, tmp_path, capsys):
@@ -131,13 +131,13 @@ def test_npy_volumes_mixed_noise_and_training_metadata(tmp_path, one_thread):
                          sources=("walnut", "volumes"), volumes=[str(tmp_path / "vol.npy")], noise="mixed",
                          n_walnuts=2, command="ctdip pretrain denoiser -o d.pt", note="two walnuts")
     res = train_denoiser(tmp_path / "d.pt", cfg)
-    obj = torch.load(res["path"], weights_only=True)
+    obj = torch.load(res.path, weights_only=True)
     tr = obj["extra"]["training"]
     assert obj["data_spec"]["noise"] == "mixed" and tr["command"] == "ctdip pretrain denoiser -o d.pt"
     assert tr["volumes"][0]["name"] == "vol.npy" and tr["volumes"][0]["shape"] == [2, 40, 40]
     assert tr["walnut_seeds"] == [1000, 1001] and tr["steps"] == 3 and tr["note"] == "two walnuts"
     gains = tr["validation_psnr_gain_db"]
-    for s, (mn, md) in res["val"].items():
+    for s, (mn, md) in res.val.items():
         assert abs(gains[f"{s:g}"] - 10 * np.log10(mn / md)) < 1e-3
     # mixed noise: unit variance, correlated (neighbours alike) in the first half, white in the second
     n = training_noise((8, 1, 64, 64), "mixed", torch.Generator().manual_seed(1), torch.device("cpu"))

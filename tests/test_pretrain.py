@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from ctdip.networks import network_preset
-from ctdip.training.pretrain import PretrainConfig, checkpoint_dir, ensure_warm_start, pretrain, pretrain_for_problem
+from ctdip.training.pretrain import PretrainConfig, pretrain, pretrain_for_problem
+from ctdip.training.trainer import checkpoint_dir
+from ctdip.training.warmstart import ensure_warm_start
 
 
 def make_problem(n: int, views: int = 20, seed: int = 0):
@@ -43,7 +45,7 @@ def test_tiny_pretraining_lowers_validation_loss(tiny_run):
     assert [r["step"] for r in h] == [0, 10, 20, 30, 40]
     # measured: ellipse val MSE 0.41 -> 0.0094, Shepp-Logan PSNR 2.3 dB -> 15.3 dB (best, step 20)
     assert h[-1]["val_loss"] < 0.3 * h[0]["val_loss"]
-    assert res.best_psnr > h[0]["val_psnr"] + 5
+    assert res.best_value > h[0]["val_psnr"] + 5
     assert res.samples_per_s > 0 and res.data_samples_per_s > res.samples_per_s
     ck = checkpoint_dir(res.path)
     for name in ("state.pt", "best.pt", "last.pt", "step_000020.pt", "step_000040.pt", "log.csv"):
@@ -201,3 +203,20 @@ def test_cli_errors(run_cli, scan_dir, tmp_path, capsys):
                    "--device", "cpu", "-q")
     err = capsys.readouterr().err
     assert code == 2 and "nothing to resume" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("opts", [{}, {"mode": "3d"}, {"mode": "3d", "bin": 2, "angles": 6}, {"slice": "+2"},
+                                  {"slice": "3", "angles": 6, "bin": 2, "size": 12}, {"size": 24}])
+def test_a_bare_geometry_yaml_gives_the_geometry_of_its_scan(opts, tmp_path_factory):
+    """``load_geometry`` (``ctdip pretrain --geometry``) applies the scan options as ``load_scan`` does."""
+    from ctdip.cli.main import main
+    from ctdip.core.data.loader import load_geometry, load_scan
+    from ctdip.networks.weights import geometry_key
+
+    d = tmp_path_factory.getbasetemp() / "cone16"
+    if not d.exists():
+        assert main(["simulate", str(d), "--geometry", "cone", "--size", "16", "--angles", "12", "-q"]) == 0
+    scan = load_scan(d, read_reference=False, **opts)
+    geom, vol = load_geometry(d / "geometry.yaml", **opts)
+    assert geometry_key(geom, vol) == geometry_key(scan.geometry, scan.volume)
+    assert tuple(vol.shape) == tuple(scan.volume.shape) and geom.det_shape == scan.geometry.det_shape

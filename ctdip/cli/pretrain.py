@@ -1,8 +1,8 @@
 """``ctdip pretrain``: EDIP warm starts on synthetic ellipses, and ``ctdip pretrain denoiser``.
 
 Numerics live in :mod:`ctdip.training.pretrain` and :mod:`ctdip.training.denoiser`; this module parses
-options, resolves the geometry (the same ``--scan/--geometry/--setup`` options as ``reconstruct``)
-and shows a rich progress bar with samples/s.
+options, resolves the geometry (the same ``--scan/--geometry/--setup`` options as ``reconstruct``,
+through ``ctdip.core.data.loader``) and shows a rich progress bar with samples/s.
 """
 
 from __future__ import annotations
@@ -44,40 +44,9 @@ def resolve_geometry(scan: Optional[Path], geometry: Optional[Path], setup: Opti
         sc = load_scan(scan, angles=angles, bin=bin_, slice=slice_, mode=mode, size=size, orbit=orbit,
                        setup=setup, read_reference=False)
         return sc.geometry, sc.volume
-    return _geometry_from_yaml(geometry, setup, angles, bin_, slice_, size, mode)
+    from ctdip.core.data.loader import load_geometry
 
-
-def _geometry_from_yaml(path: Path, setup, angles, bin_, slice_, size, mode):
-    """The options of :func:`ctdip.core.data.loader.load_scan` applied to a bare geometry.yaml."""
-    from ctdip.core.data.ctdip_layout import parse_geometry
-    from ctdip.core.data.loader import detector_row_through, mode_and_bin, parse_slice, scan_options, warn_binning
-    from ctdip.core.geometry import VolumeGeometry
-
-    if not Path(path).is_file():
-        raise UserError("geometry file not found", path=path)
-    opts = scan_options(setup, angles=angles, bin=bin_, slice=slice_, mode=mode, size=size)
-    geom, vol = parse_geometry(path)
-    if vol is None:
-        vol = VolumeGeometry.fov(geom, geom.det_shape[1])
-    if opts.get("angles") is not None:
-        geom = geom.select(geom.view_indices(int(opts["angles"])))
-    mode_, b = mode_and_bin(opts, geom.det_shape[1])
-    if geom.det_shape[0] == 1 or geom.is_2d:
-        if mode_ == "3d" and vol.shape[0] > 1:
-            raise UserError("--mode 3d needs a multi-row detector; this geometry has one row", path=path)
-        mode_ = "2d"
-        geom = geom if geom.is_2d else geom.fan_slice(0)
-        vol = VolumeGeometry((1, *vol.shape[1:]), vol.voxel_mm, (0.0, *vol.center_mm[1:]))
-    elif mode_ == "2d":
-        z = parse_slice(opts.get("slice"), vol.shape[0])
-        geom = geom.fan_slice(detector_row_through(geom, float(vol.voxel_centers(0)[z])))
-        vol = VolumeGeometry((1, *vol.shape[1:]), vol.voxel_mm, (0.0, *vol.center_mm[1:]))
-    if b > 1:
-        geom = geom.bin(1, b) if mode_ == "2d" else geom.bin(b, b)
-    if opts.get("size") is not None:
-        vol = vol.with_size(int(opts["size"]))
-    warn_binning(geom, vol, b)
-    return geom, vol
+    return load_geometry(geometry, angles=angles, bin=bin_, slice=slice_, mode=mode, size=size, setup=setup)
 
 
 class _Bar:
@@ -165,7 +134,8 @@ def pretrain_command(
     check_output_path(output, "file")
     from ctdip.core.operators import RayTransform
     from ctdip.networks import network_preset
-    from ctdip.training.pretrain import PretrainConfig, checkpoint_dir, pretrain
+    from ctdip.training.pretrain import PretrainConfig, pretrain
+    from ctdip.training.trainer import checkpoint_dir
 
     cfg = PretrainConfig(samples=samples, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, noise=noise,
                          n_ellipses=n_ellipses, val_every=val_every, checkpoint_every=checkpoint_every,
@@ -182,7 +152,7 @@ def pretrain_command(
         res = pretrain(A, geom, vol, arch, output, cfg, device=dev, resume=resume, progress=bar,
                        log=lambda m: _echo(m, quiet))
     _echo(f"wrote {res.path} ({res.selected}); best Shepp-Logan PSNR "
-          f"{res.best_psnr:.2f} dB at step {res.best_step}; {res.samples_per_s:.1f} samples/s "
+          f"{res.best_value:.2f} dB at step {res.best_step}; {res.samples_per_s:.1f} samples/s "
           f"(data generation alone {res.data_samples_per_s:.0f} samples/s), {res.wall_s:.1f} s; "
           f"checkpoints and log.csv in {checkpoint_dir(output)}", quiet)
 
@@ -223,7 +193,7 @@ def denoiser_command(
 ) -> None:
     """Train a DRUNet-style Gaussian denoiser D(x, sigma) for admm / hqs / red (--denoiser FILE)."""
     from ctdip.training.denoiser import DenoiserConfig, train_denoiser
-    from ctdip.training.pretrain import checkpoint_dir
+    from ctdip.training.trainer import checkpoint_dir
 
     check_output_path(output, "file")
 
@@ -241,9 +211,9 @@ def denoiser_command(
     with _Bar(steps, "denoiser", "val_loss", "val MSE {:.2e}", quiet) as bar:
         res = train_denoiser(output, cfg, device=dev, resume=resume, progress=bar, log=lambda m: _echo(m, quiet))
     parts = [f"sigma {s:g}: MSE {mn:.2e} -> {md:.2e} ({10 * math.log10(mn / md):+.2f} dB)"
-             for s, (mn, md) in res["val"].items()]
-    _echo(f"wrote {res['path']} (best step {res['best_step']}); validation " + "; ".join(parts)
-          + f"; {res['samples_per_s']:.0f} samples/s; checkpoints in {checkpoint_dir(output)}", quiet)
+             for s, (mn, md) in res.val.items()]
+    _echo(f"wrote {res.path} (best step {res.best_step}); validation " + "; ".join(parts)
+          + f"; {res.samples_per_s:.0f} samples/s; checkpoints in {checkpoint_dir(output)}", quiet)
 
 
 def register(app: Any) -> None:

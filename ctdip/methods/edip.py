@@ -14,7 +14,7 @@ and the returned image is the minimum-loss iterate, ``argmin_t L(theta_t)`` (Bar
 
 Weights: ``--weights FILE`` (a ``kind: unet`` file of ``ctdip pretrain``); its geometry key must
 match the problem's unless ``force``. Without ``--weights`` the pretraining module's cached or
-freshly pretrained warm start is used (``ctdip.training.pretrain.ensure_warm_start``).
+freshly pretrained warm start is used (``ctdip.training.warmstart.ensure_warm_start``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class EDIP(DIPMethod):
     def weights_path(self, problem, arch: dict):
         if self.p["weights"]:
             return self.p["weights"]
-        from ctdip.training.pretrain import ensure_warm_start
+        from ctdip.training.warmstart import ensure_warm_start
 
         return ensure_warm_start(problem, arch, quiet=bool(getattr(self.ctx, "quiet", False)))
 

@@ -51,7 +51,7 @@ from ctdip.networks.weights import load_weights
 
 def trajectory_files(weights: str | Path) -> list[Path]:
     """The periodic checkpoints ``step_*.pt`` of a pretraining run, in step order."""
-    from ctdip.training.pretrain import checkpoint_dir
+    from ctdip.training.trainer import checkpoint_dir
 
     folder = checkpoint_dir(weights)
     files = sorted(folder.glob("step_*.pt")) if folder.is_dir() else []

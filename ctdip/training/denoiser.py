@@ -16,19 +16,18 @@ The denoiser is what ``admm``, ``hqs`` and ``red`` plug in with ``--denoiser den
   ``s ~ U(0.5, 2)`` pixels and rescaled to unit standard deviation per image, a cheap stand-in for
   the streaks and blotches of a sparse-view iterate that ADMM / HQS / RED hand to the denoiser.
 * **Loss** ``L(theta) = mean | D_theta(x_noisy, sigma) - x |`` (L1, as DRUNet), Adam with the
-  one-cycle schedule of :mod:`ctdip.training.pretrain`, mini-batches generated on the training device.
+  one-cycle schedule of :mod:`ctdip.training.trainer`, mini-batches generated on the training device.
 * **Validation** every ``val_every`` steps on a fixed set (Shepp–Logan, a walnut slice, ellipses)
   at sigma in {0.05, 0.1, 0.2}: the MSE of the noisy and of the denoised images.
 
-Checkpoints, ``--resume`` and the log follow :mod:`ctdip.training.pretrain` (``<out>.ckpt/`` beside the
-output: ``state.pt``, ``best.pt``, ``step_NNNNNN.pt``, ``log.csv``); ``best.pt`` is the lowest mean
-validation MSE and is what is written to ``out``.
+The loop, checkpoints, ``--resume`` and the log are :func:`ctdip.training.trainer.train`'s
+(``<out>.ckpt/`` beside the output: ``state.pt``, ``best.pt``, ``step_NNNNNN.pt``, ``log.csv``);
+``best.pt`` is the lowest mean validation MSE and is what is written to ``out``.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,14 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ctdip.errors import UserError
-from ctdip.training.pretrain import (
+from ctdip.training.trainer import (
+    CheckpointPolicy,
     Progress,
-    _generator,
-    _load_training_state,
-    _one_cycle,
-    _optimiser_step,
-    _save_training_state,
+    TrainingResult,
+    TrainingState,
+    TrainingTask,
     checkpoint_dir,
+    train,
 )
 
 VAL_SIGMAS = (0.05, 0.1, 0.2)
@@ -240,11 +239,11 @@ def train_denoiser(
     resume: bool = False,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict:
+) -> TrainingResult:
     """Train a DRUNet denoiser and write the best checkpoint to ``out`` (``kind: denoiser``).
 
-    Returns ``{"path", "history", "best_step", "val": {sigma: (mse_noisy, mse_denoised)},
-    "samples_per_s", "wall_s"}``.
+    The result's ``val`` is the final validation of the written weights,
+    ``{sigma: (mse_noisy, mse_denoised)}``.
     """
     from ctdip.networks import build_network
     from ctdip.networks import weights as W
@@ -263,76 +262,40 @@ def train_denoiser(
             "seed": cfg.seed}
     torch.manual_seed(cfg.seed)
     net = build_network(arch).to(dev)
-    opt, sched = _one_cycle(net, cfg.lr, cfg.steps)
     sampler = ImageSampler(cfg, dev)
     val = validation_set(cfg, dev)
-    step, history, best = 0, [], {"mse": math.inf, "step": None}
-    samples, busy_s = 0, 0.0
-    state_path = ckdir / "state.pt"
-    if resume:
-        st = _load_training_state(state_path, dev, arch, spec, net, opt, sched, what="denoiser training",
-                                  mismatch="the saved training state was made with other settings; start afresh "
-                                           "without --resume")
-        step, history, best = int(st["step"]), list(st["history"]), dict(st["best"])
-        samples, busy_s = int(st["samples"]), float(st["busy_s"])
-        if log:
-            log(f"resuming denoiser training at step {step}/{cfg.steps}")
-    ckdir.mkdir(parents=True, exist_ok=True)
 
-    def row_val(r: dict) -> dict:
+    def sample(g: torch.Generator):  # (x + sigma n, sigma, x), sigma ~ U(sigma_min, sigma_max) per image
+        clean = sampler.sample(cfg.batch_size, g)
+        sig = cfg.sigma_min + (cfg.sigma_max - cfg.sigma_min) * torch.rand(cfg.batch_size, generator=g,
+                                                                           device=g.device).to(dev)
+        noisy = clean + sig.reshape(-1, 1, 1, 1) * training_noise(tuple(clean.shape), cfg.noise, g, dev)
+        return noisy, sig, clean
+
+    def loss(net: torch.nn.Module, batch) -> torch.Tensor:  # L(theta) = mean |D(x_noisy, sigma) - x|
+        noisy, sig, clean = batch
+        return torch.mean(torch.abs(net(noisy, sig) - clean))
+
+    def validate(net: torch.nn.Module) -> dict:
+        r = {}
         ev = evaluate_denoiser(net, val)
         for s, (mn, md) in ev.items():
             r[f"mse_noisy_{s:g}"], r[f"mse_{s:g}"] = mn, md
         r["val_loss"] = float(np.mean([md for _, md in ev.values()]))
         return r
 
-    def save(name: str, tag: str) -> None:
-        W.save_weights(ckdir / name, net.state_dict(), arch, kind="denoiser", data_spec=spec,
-                       extra={"step": step, "tag": tag, "val": history[-1] if history else {}})
+    def save_weights(path: Path, tag: str, st: TrainingState) -> None:
+        W.save_weights(path, net.state_dict(), arch, kind="denoiser", data_spec=spec,
+                       extra={"step": st.step, "tag": tag, "val": st.history[-1] if st.history else {}})
 
-    def save_state() -> None:
-        _save_training_state(ckdir, net, opt, sched, step=step, history=history, best=best, samples=samples,
-                             busy_s=busy_s, arch=arch, spec=spec)
+    task = TrainingTask("denoiser training", net, arch, spec, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed,
+                        sample=sample, loss=loss, validate=validate, save_weights=save_weights)
+    policy = CheckpointPolicy(cfg.val_every, cfg.checkpoint_every, best_key="val_loss", maximize=False,
+                              best_name="mse")
+    state = train(task, policy, ckdir, dev, resume=resume, progress=progress, log=log)
 
-    if step == 0 and not history:
-        history.append(row_val({"step": 0, "samples": 0, "lr": float(sched.get_last_lr()[0])}))
-    net.train()
-    run_loss, run_n = 0.0, 0
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        g = _generator(cfg.seed, step, dev)
-        clean = sampler.sample(cfg.batch_size, g)
-        sig = cfg.sigma_min + (cfg.sigma_max - cfg.sigma_min) * torch.rand(cfg.batch_size, generator=g,
-                                                                           device=g.device).to(dev)
-        noisy = clean + sig.reshape(-1, 1, 1, 1) * training_noise(tuple(clean.shape), cfg.noise, g, dev)
-        loss = torch.mean(torch.abs(net(noisy, sig) - clean))
-        _optimiser_step(opt, sched, loss)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        busy_s += time.perf_counter() - t0
-        step += 1
-        samples += cfg.batch_size
-        run_loss += float(loss.detach())
-        run_n += 1
-        row = {"step": step, "samples": samples, "lr": float(sched.get_last_lr()[0]),
-               "train_loss": run_loss / run_n, "samples_per_s": samples / max(busy_s, 1e-9), "time_s": busy_s}
-        do_val = (cfg.val_every > 0 and step % cfg.val_every == 0) or step == cfg.steps
-        if do_val:
-            history.append(row_val(row))
-            run_loss, run_n = 0.0, 0
-            if row["val_loss"] < best["mse"]:
-                best = {"mse": row["val_loss"], "step": step}
-                save("best.pt", "best")
-        periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
-        if periodic:
-            save(f"step_{step:06d}.pt", "periodic")
-        if do_val or periodic:
-            save_state()
-        if progress is not None:
-            progress(step, cfg.steps, row)
-    save("last.pt", "last")
-    save_state()
-    src = ckdir / "best.pt" if (ckdir / "best.pt").exists() else ckdir / "last.pt"
+    best = (ckdir / "best.pt").exists()
+    src = ckdir / "best.pt" if best else ckdir / "last.pt"
     chosen = W.load_weights(src, kind="denoiser")
     final = W.build_from_weights(chosen, src).to(dev)
     final_val = evaluate_denoiser(final, val)
@@ -341,14 +304,15 @@ def train_denoiser(
         "command": cfg.command, "note": cfg.note,
         "volumes": [_volume_record(v) for v in cfg.volumes],
         "walnut_seeds": [1000 + k for k in range(cfg.n_walnuts)] if "walnut" in cfg.sources else [],
-        "steps": cfg.steps, "best_step": best["step"], "samples": samples, "train_s": round(busy_s, 1),
+        "steps": cfg.steps, "best_step": state.best["step"], "samples": state.samples,
+        "train_s": round(state.busy_s, 1),
         "validation": "Shepp-Logan, walnut seed 999, 6 ellipse images at the training patch size",
         "validation_psnr_gain_db": psnr_gains(final_val),
     }
     W.save_weights(out, chosen["state_dict"], chosen["arch"], kind="denoiser", data_spec=chosen["data_spec"],
                    extra=extra)
-    return {"path": out, "history": history, "best_step": best["step"], "val": final_val,
-            "samples_per_s": samples / max(busy_s, 1e-9), "wall_s": busy_s}
+    selected = f"lowest validation MSE (step {state.best['step']})" if best else "last"
+    return TrainingResult.from_state(out, state, policy, selected, val=final_val)
 
 
 def _volume_record(path: str | Path) -> dict:

@@ -5,7 +5,8 @@ Layouts are recognised by content, in the layout registry's order (``ctdip.core.
 ``scan_geom_corrected.geom`` -> walnut layout.
 
 Options (``--setup NAME`` presets supply defaults; explicit options win), applied in this order
-through the geometry layer so every backend sees the same numbers:
+through the geometry layer so every backend sees the same numbers (:func:`load_geometry` applies
+them to a bare ``geometry.yaml``, without projections):
 
 1. ``angles K``: the K equispaced views ``geometry.view_indices(K)``; only those are read.
 2. ``mode``: ``2d`` (default) reconstructs one slice; ``3d`` the volume. Data with one detector
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -232,36 +233,26 @@ def binning_warning(geometry, volume, b: int) -> str | None:
             f"(pass a smaller --bin, e.g. --bin 1)")
 
 
-def warn_binning(geometry, volume, b: int) -> None:
-    import sys
+class _Selection(NamedTuple):
+    """What the options select of a scan's geometry (module docstring, steps 1-5)."""
 
-    msg = binning_warning(geometry, volume, b)
-    if msg:
-        sys.stderr.write(msg + "\n")
-        sys.stderr.flush()
+    views: np.ndarray  # view indices to read
+    rows: np.ndarray | None  # detector rows to read (None: all)
+    z: int | None  # reference slice (None: the volume)
+    mode: str  # "2d" or "3d"
+    bin: int  # detector binning b (rows and columns in 3D, columns in 2D)
+    geometry: Any  # the final geometry (selected, sliced, binned)
+    volume: Any  # the grid of the selected volume or slice, before --size
+    resized: Any  # the --size grid (None without --size)
+    warnings: list[str]  # of the geometry checks (ctdip.core.data.sanity)
+    binning: str | None  # the binning warning (binning_warning), if any
 
 
-def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = None, slice: Any = None,
-              mode: str | None = None, size: int | None = None, orbit: int | None = None,
-              setup: str | None = None, read_reference: bool = True, bin_to_cols: int | None = None,
-              print_warnings: bool = True) -> Scan:
-    """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals.
-
-    The plausibility checks of :mod:`ctdip.core.data.sanity` and the binning check
-    (:func:`binning_warning`) run on the final geometry and data; their warnings are kept in
-    ``info["warnings"]`` and printed as ``warning:`` lines on stderr (unless ``print_warnings`` is
-    false)."""
+def _select(geom, vol, opts: dict[str, Any], info: dict[str, Any], path, geometry_file) -> _Selection:
+    """Apply angles, mode, slice, bin and size (``opts``) to a scan's ``geom`` and ``vol``; the
+    plausibility checks run on the selected geometry. Slice details are added to ``info``."""
     from ctdip.core.data.sanity import check_geometry, check_grid_memory
-    from ctdip.core.geometry import VolumeGeometry, bin_projections
-
-    opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit,
-                        bin_to_cols=bin_to_cols)
-    src = open_source(path, orbit=opts.get("orbit"))
-    geom, vol = src.geometry, src.volume
-    info: dict[str, Any] = {"layout": src.layout, "folder": str(Path(path)), "n_views_total": geom.n_views,
-                            "detector_total": list(geom.det_shape), "options": dict(opts),
-                            "volume_full": {"shape": list(vol.shape), "voxel_mm": list(vol.voxel_mm),
-                                            "center_mm": list(vol.center_mm)}, **src.info}
+    from ctdip.core.geometry import VolumeGeometry
 
     views = np.arange(geom.n_views)
     if opts.get("angles") is not None:
@@ -292,38 +283,85 @@ def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = 
     else:
         z = None
         g2 = geom
-    geo_warnings = check_geometry(g2, vol, getattr(src, "geometry_path", Path(path)))
-    proj = src.read(views, rows_read)
+    warnings = check_geometry(g2, vol, geometry_file)
     if b > 1:
-        if mode_ == "2d":
-            g2 = g2.bin(1, b)
-            proj = bin_projections(proj, 1, b)
-        else:
-            g2 = g2.bin(b, b)
-            proj = bin_projections(proj, b, b)
-    warnings = geo_warnings + list(getattr(src, "warnings", []))
+        g2 = g2.bin(1, b) if mode_ == "2d" else g2.bin(b, b)
     new_vol = vol.with_size(int(opts["size"])) if opts.get("size") is not None else None
     if new_vol is not None:
         check_grid_memory(new_vol.shape, "--size")
+    msg = binning_warning(g2, vol if new_vol is None else new_vol, b)
+    return _Selection(views, rows_read, z, mode_, b, g2, vol, new_vol, warnings,
+                      None if msg is None else msg.removeprefix("warning: "))
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        sys.stderr.write(f"warning: {w}\n")
+    sys.stderr.flush()
+
+
+def load_geometry(path: str | Path, *, angles: int | None = None, bin: int | None = None, slice: Any = None,
+                  mode: str | None = None, size: int | None = None, setup: str | None = None,
+                  bin_to_cols: int | None = None, print_warnings: bool = True):
+    """``(ProjectionGeometry, VolumeGeometry)`` of a bare ``geometry.yaml`` with the options of
+    :func:`load_scan` applied: the geometry and grid a scan folder with this file would give
+    (no projections are read; the volume defaults to the field of view on ``detector.cols`` voxels)."""
+    from ctdip.core.data.ctdip_layout import parse_geometry
+    from ctdip.core.geometry import VolumeGeometry
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("geometry file not found", path=path)
+    opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, bin_to_cols=bin_to_cols)
+    geom, vol = parse_geometry(path)
+    if vol is None:
+        vol = VolumeGeometry.fov(geom, geom.det_shape[1])
+    sel = _select(geom, vol, opts, {}, path, path)
+    if print_warnings:
+        _print_warnings(sel.warnings + ([sel.binning] if sel.binning else []))
+    return sel.geometry, sel.volume if sel.resized is None else sel.resized
+
+
+def load_scan(path: str | Path, *, angles: int | None = None, bin: int | None = None, slice: Any = None,
+              mode: str | None = None, size: int | None = None, orbit: int | None = None,
+              setup: str | None = None, read_reference: bool = True, bin_to_cols: int | None = None,
+              print_warnings: bool = True) -> Scan:
+    """Read a scan folder and apply the options (module docstring) -> :class:`Scan` of line integrals.
+
+    The plausibility checks of :mod:`ctdip.core.data.sanity` and the binning check
+    (:func:`binning_warning`) run on the final geometry and data; their warnings are kept in
+    ``info["warnings"]`` and printed as ``warning:`` lines on stderr (unless ``print_warnings`` is
+    false)."""
+    from ctdip.core.geometry import bin_projections
+
+    opts = scan_options(setup, angles=angles, bin=bin, slice=slice, mode=mode, size=size, orbit=orbit,
+                        bin_to_cols=bin_to_cols)
+    src = open_source(path, orbit=opts.get("orbit"))
+    geom, vol = src.geometry, src.volume
+    info: dict[str, Any] = {"layout": src.layout, "folder": str(Path(path)), "n_views_total": geom.n_views,
+                            "detector_total": list(geom.det_shape), "options": dict(opts),
+                            "volume_full": {"shape": list(vol.shape), "voxel_mm": list(vol.voxel_mm),
+                                            "center_mm": list(vol.center_mm)}, **src.info}
+    sel = _select(geom, vol, opts, info, path, getattr(src, "geometry_path", Path(path)))
+    proj = src.read(sel.views, sel.rows)
+    if sel.bin > 1:
+        proj = bin_projections(proj, 1, sel.bin) if sel.mode == "2d" else bin_projections(proj, sel.bin, sel.bin)
+    warnings = sel.warnings + list(getattr(src, "warnings", [])) + ([sel.binning] if sel.binning else [])
     ref = None
     if read_reference:
-        ref = src.read_reference(z)
-        if ref is not None and mode_ == "3d":
+        ref = src.read_reference(sel.z)
+        if ref is not None and sel.mode == "3d":
             ref = ref.reshape(src.volume.shape)
-    if new_vol is not None:
+    vol = sel.volume
+    if sel.resized is not None:
         if ref is not None:
-            ref = resample(ref, vol, new_vol)
-        vol = new_vol
-    msg = binning_warning(g2, vol, b)
-    if msg:
-        warnings.append(msg.removeprefix("warning: "))
-    info.update({"mode": mode_, "views": views.tolist() if len(views) <= 4096 else None,
-                 "detector": list(g2.det_shape), "bin": b, "warnings": warnings,
+            ref = resample(ref, vol, sel.resized)
+        vol = sel.resized
+    info.update({"mode": sel.mode, "views": sel.views.tolist() if len(sel.views) <= 4096 else None,
+                 "detector": list(sel.geometry.det_shape), "bin": sel.bin, "warnings": warnings,
                  "geometry_file": str(getattr(src, "geometry_path", path))})
     if print_warnings:
-        for w in warnings:
-            sys.stderr.write(f"warning: {w}\n")
-        sys.stderr.flush()
-    return Scan(projections=np.ascontiguousarray(proj, dtype=np.float32), geometry=g2, volume=vol,
+        _print_warnings(warnings)
+    return Scan(projections=np.ascontiguousarray(proj, dtype=np.float32), geometry=sel.geometry, volume=vol,
                 reference=None if ref is None else np.ascontiguousarray(ref, dtype=np.float32),
                 source=Path(path), layout=src.layout, info=info)
