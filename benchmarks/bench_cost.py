@@ -23,8 +23,8 @@ def main(argv=None) -> int:
     import torch
 
     from ctdip.core.problem import Problem
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="*", default=["tv", "self-guided"])

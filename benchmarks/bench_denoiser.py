@@ -100,8 +100,8 @@ def _value(v: str):
 
 
 def stage_runs(obj: str, views: int, methods: list[str], sets: list[str], label: str, seed: int = 0) -> list:
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     problem = make_problem(obj, views)
     over = {k: _value(v) for k, v in (s.split("=", 1) for s in sets)}

@@ -40,8 +40,8 @@ from bench_methods import make_problem  # noqa: E402  (the same walnut problem a
 
 
 def run_method(name: str, problem, params: dict, seed: int = 0) -> dict:
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     t = time.perf_counter()
     try:

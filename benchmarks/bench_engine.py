@@ -51,9 +51,9 @@ def bare_loop(problem, iterations: int, seed: int = 0) -> float:
 
 
 def engine_loop(problem, iterations: int, seed: int = 0) -> float:
+    from ctdip.dip.context import RunContext
     from ctdip.dip.runs import RunFolder
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     with tempfile.TemporaryDirectory() as d:
         m = get_method("vanilla")(iterations=iterations, lr=1e-3, network="light", log_every=10,

@@ -138,8 +138,8 @@ def cone_problem(n3: int, views: int = 60):
 def step_costs(quick: bool) -> dict:
     """Seconds per vanilla step with K of n views: 2D walnut (matrix) and 3D cone walnut (torch)."""
     from ctdip.core.problem import Problem
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     out = {}
     n_it2, n_it3 = (5, 3) if quick else (40, 10)

@@ -58,8 +58,8 @@ def run_classical(name: str, problem, grid: list[float] | None = None) -> dict:
     if name == "fbp":
         return {"method": "fbp", "final_psnr": psnr(problem.x_init, problem.reference),
                 "wall_s": time.perf_counter() - t}
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     try:
         cls = get_method(name)
@@ -80,8 +80,8 @@ def run_classical(name: str, problem, grid: list[float] | None = None) -> dict:
 
 
 def run_dip(name: str, problem, params: dict, seed: int = 0) -> dict:
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     t = time.perf_counter()
     try:

@@ -27,8 +27,8 @@ def main() -> int:
     from bench_handbook import cone_problem
 
     from ctdip.core.metrics import psnr
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     torch.set_num_threads(1)
     prob = cone_problem(24)

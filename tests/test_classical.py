@@ -5,7 +5,7 @@ from ctdip.core import metrics
 from ctdip.core.data.loader import load_scan
 from ctdip.core.data.simulate import simulate
 from ctdip.core.problem import Problem
-from ctdip.methods.base import RunContext
+from ctdip.dip.context import RunContext
 from ctdip.methods.classical import CGLS, FBP, PDHGTV, grad, grad_adjoint
 
 
@@ -64,4 +64,4 @@ def test_unknown_and_bad_params_are_user_errors():
         PDHGTV(tv_weight="abc")
     with pytest.raises(UserError, match="--iterations: must be a positive integer, got 0"):
         CGLS(iterations=0)
-    assert PDHGTV(tv_weight="2e-3").p["tv_weight"] == pytest.approx(2e-3)
+    assert PDHGTV(tv_weight="2e-3").params["tv_weight"] == pytest.approx(2e-3)

@@ -82,8 +82,8 @@ def test_metrics_csv_columns_and_summary(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_methods import make_problem
 
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     p = make_problem(n=32, views=20)
     run = RunFolder(tmp_path / "r").create()

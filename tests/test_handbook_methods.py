@@ -13,10 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_methods import make_problem  # noqa: E402
 
+from ctdip.dip.context import RunContext
 from ctdip.dip.runs import RunFolder
 from ctdip.errors import UserError
 from ctdip.methods import get_method
-from ctdip.methods.base import RunContext
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +215,13 @@ def test_subspace_preset_has_sources_and_is_registered():
     import yaml
 
     from ctdip.methods import method_names
-    from ctdip.methods._dip import PRESET_DIR
+    from ctdip.methods.params import PRESET_DIR
 
     assert "subspace-dip" in method_names()
     data = yaml.safe_load((PRESET_DIR / "subspace-dip.yaml").read_text())
     assert set(data["sources"]) <= set(data["params"])
     m = get_method("subspace-dip")()
-    assert (m.p["input"], m.p["optimizer"], m.p["view_batch"]) == ("fbp", "adam", 0)
+    assert (m.params["input"], m.params["optimizer"], m.params["view_batch"]) == ("fbp", "adam", 0)
 
 
 def test_cli_deep_decoder_view_batch_and_subspace(run_cli, tmp_path, capsys, one_thread, monkeypatch):

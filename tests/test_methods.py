@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from ctdip.dip.context import RunContext
 from ctdip.errors import UserError
 from ctdip.methods import get_method
-from ctdip.methods.base import RunContext
 
 FAST = {"network": "tiny", "iterations": 40, "lr": 0.01, "log_every": 5, "checkpoint_every": 0, "es_window": 10}
 
@@ -75,7 +75,7 @@ def test_same_seed_same_output_different_seed_differs(problem):
 
 
 def test_aseq_updates_z_only_between_blocks_and_never_by_gradient(problem):
-    m = get_method("aseq")(**{**FAST, "iterations": 9, "inner": 3, "lr": 0.01})
+    m = get_method("aseq")(**{**FAST, "iterations": 9, "block_steps": 3, "lr": 0.01})
     snaps = {}
 
     def progress(it, total, row):
@@ -111,7 +111,7 @@ def test_self_guided_z_receives_gradients_and_returns_ema(problem):
     z_init = problem.to_image(problem.x_init)
     assert not torch.equal(m.z.detach(), z_init)  # z moved
     assert torch.equal(res.recon, res.extras["ema"])
-    assert any(g["lr"] == m.p["z_lr"] for g in m.param_groups(m.p["lr"]))
+    assert any(g["lr"] == m.params["z_lr"] for g in m.param_groups(m.params["lr"]))
 
 
 def test_unknown_parameter_is_a_clear_user_error():
@@ -122,20 +122,20 @@ def test_unknown_parameter_is_a_clear_user_error():
     with pytest.raises(UserError, match="expects float"):
         get_method("tv")(tv_weight="lots")
     m = get_method("tv")(tv_weight="0.5", iterations="7", input=None)
-    assert m.p["tv_weight"] == 0.5 and m.p["iterations"] == 7 and m.p["input"] == "noise"
+    assert m.params["tv_weight"] == 0.5 and m.params["iterations"] == 7 and m.params["input"] == "noise"
 
 
 def test_presets_have_sources_for_every_param():
     import yaml
 
-    from ctdip.methods._dip import PRESET_DIR
+    from ctdip.methods.params import PRESET_DIR
 
     for name in ["vanilla", "tv", "tv-hqs", "admm", "hqs-denoiser", "red", "self-guided", "aseq", "edip", "edip-fe"]:
         data = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
         assert set(data["params"]) and set(data["sources"]) <= set(data["params"])
         get_method(name)()  # defaults are valid
     aseq = yaml.safe_load((PRESET_DIR / "aseq.yaml").read_text())["params"]
-    assert (aseq["lam"], aseq["inner"], aseq["iterations"] // aseq["inner"], aseq["lr"]) == (1.0, 2, 2000, 1e-4)
+    assert (aseq["lam"], aseq["block_steps"], aseq["iterations"] // aseq["block_steps"], aseq["lr"]) == (1.0, 2, 2000, 1e-4)
 
 
 def test_denoiser_methods_accept_cnn_weights(problem, tmp_path):

@@ -11,10 +11,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_methods import make_problem  # noqa: E402
 
+from ctdip.dip.context import RunContext
 from ctdip.dip.runs import RunFolder
 from ctdip.errors import TimeLimitReached, UserError
 from ctdip.methods import get_method
-from ctdip.methods.base import RunContext
 
 P = {"network": "tiny", "iterations": 24, "lr": 0.01, "log_every": 4, "checkpoint_every": 8, "es_window": 5}
 

@@ -10,8 +10,8 @@ from ctdip.core import metrics
 from ctdip.core.data.loader import load_scan
 from ctdip.core.data.simulate import simulate
 from ctdip.core.problem import Problem
+from ctdip.dip.context import RunContext
 from ctdip.errors import UserError
-from ctdip.methods.base import RunContext
 from ctdip.methods.classical import PDHGTV
 from ctdip.methods.selection import cv_tv_weight, dip_tv_weight, parse_grid, view_folds
 

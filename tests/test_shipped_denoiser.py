@@ -69,13 +69,13 @@ def test_2d_network_denoises_a_volume_slice_by_slice(one_thread):
 
 
 def test_admm_hqs_red_default_to_the_shipped_denoiser_and_lower_their_loss(one_thread):
+    from ctdip.dip.context import RunContext
     from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
 
     problem = make_problem(n=32, views=20)
     for name in ("admm", "hqs-denoiser", "red"):
         m = get_method(name)(**{**FAST, "iterations": 30})
-        assert m.p["denoiser"] == "learned"
+        assert m.params["denoiser"] == "learned"
         res = m.run(problem, RunContext(seed=0, quiet=True))
         h = res.history
         assert res.summary["denoiser"] == "learned"

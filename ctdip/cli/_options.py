@@ -40,10 +40,14 @@ def given(named: dict) -> dict:
 
 def parse_set(items: list[str] | None, *, option: str = "--set", strict_keys: bool = True,
               message: str = "{option} expects KEY=VALUE, got '{item}'") -> dict:
-    """``KEY=VALUE`` pairs -> dict; values are YAML-parsed (``1e-3`` -> float, ``[1, 2]`` -> list;
-    an empty value -> None; unparsable YAML stays a string). With ``strict_keys`` the key's dashes
-    become underscores and an empty key is an error; otherwise the key is only stripped."""
+    """``KEY=VALUE`` pairs -> dict; values are YAML-parsed (``0.5`` -> float, ``[1, 2]`` -> list; ``1e-3``
+    stays a string, which the method resolver converts; an empty value -> None; unparsable YAML
+    stays a string). With ``strict_keys`` the key is a method parameter's name
+    (``ctdip.methods.params.normalise_key``: dashes become underscores) and an empty key is an
+    error; otherwise the key is only stripped."""
     import yaml
+
+    from ctdip.methods.params import normalise_key
 
     out = {}
     for item in items or []:
@@ -52,7 +56,7 @@ def parse_set(items: list[str] | None, *, option: str = "--set", strict_keys: bo
         k, v = item.split("=", 1)
         k = k.strip()
         if strict_keys:
-            k = k.replace("-", "_")
+            k = normalise_key(k)
             if not k:
                 raise UserError(message.format(option=option, item=item))
         try:

@@ -127,10 +127,15 @@ def refuse_changes(run: Path, cfg: dict, params: dict, scan_opts: dict, seed: in
     """``--resume RUN`` continues RUN with the settings in its config.yaml (that is what makes the
     result equal to an uninterrupted run). An option that would change one of them -- a method
     parameter (``-n``, ``--lr``, ``--set``...), a scan option or ``--seed`` -- is a UserError."""
-    recorded = {**(cfg.get("overrides") or {}), **(cfg.get("params") or {})}
+    from ctdip.methods import get_method
+    from ctdip.methods.params import current_name, recorded_params
+
+    # compared under the parameters' current names (the run or the command may use old ones)
+    recorded = recorded_params(cfg["method"], {**(cfg.get("overrides") or {}), **(cfg.get("params") or {})})
     rec_scan = (cfg.get("scan") or {}).get("options") or {}
-    changes = [(f"--{k.replace('_', '-')}" if k in METHOD_OPTIONS else f"--set {k}", v, k, recorded[k])
-               for k, v in params.items() if k in recorded and not _same(v, recorded[k])]
+    current = {k: current_name(k, get_method(cfg["method"]).param_aliases) for k in params}
+    changes = [(f"--{k.replace('_', '-')}" if k in METHOD_OPTIONS else f"--set {k}", v, k, recorded[current[k]])
+               for k, v in params.items() if current[k] in recorded and not _same(v, recorded[current[k]])]
     changes += [(f"--{k}", v, k, rec_scan.get(k)) for k, v in scan_opts.items() if not _same(v, rec_scan.get(k))]
     if seed is not None and int(seed) != int(cfg.get("seed", 0)):
         changes.append(("--seed", seed, "seed", cfg.get("seed", 0)))

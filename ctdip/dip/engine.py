@@ -45,12 +45,16 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from ctdip.dip.context import RunContext
 from ctdip.errors import TimeLimitReached, UserError
+
+if TYPE_CHECKING:
+    from ctdip.core.problem import Problem
 
 CHECKPOINT_FORMAT = "ctdip-checkpoint/1"
 
@@ -73,6 +77,10 @@ class StepOut:
     image: torch.Tensor  # the iterate x_t, network-shaped (1, 1, *image_shape)
     data_fit: float | torch.Tensor = float("nan")
     reg: float | torch.Tensor = 0.0
+
+    def plus(self, reg: torch.Tensor) -> "StepOut":
+        """This data-term step with the regulariser ``reg`` added: ``loss = data_fit + reg``."""
+        return StepOut(loss=self.loss + reg, image=self.image, data_fit=self.data_fit, reg=reg)
 
 
 class DIPModel:
@@ -116,22 +124,53 @@ class DIPModel:
         pass
 
 
+def _option(default: Any, convert: Callable[[Any], Any], source: str | None = None) -> Any:
+    """A field of :class:`EngineConfig` that is also a parameter of every DIP method: its default,
+    how a resolved parameter value becomes the field's value, and where the default comes from."""
+    return field(default=default, metadata={"param": True, "convert": convert, "source": source})
+
+
 @dataclass
 class EngineConfig:
-    iterations: int = 2000
-    lr: float = 1e-3
-    optimizer: str = "adam"
+    """Options of the loop. The fields made by :func:`_option` are parameters of every DIP method
+    (``--set KEY=VALUE``): :meth:`param_defaults`, :meth:`param_sources` and :meth:`from_params`
+    read them from here, so a new engine option is declared once."""
+
+    iterations: int = _option(2000, int)
+    lr: float = _option(1e-3, float, "tuned here for the light network on CPU (handbook: 1e-4 with the paper "
+                                     "network), benchmarks/results/methods.md")
+    optimizer: str = _option("adam", str)
+    grad_clip: float | None = _option(1.0, lambda v: float(v) if v else None)
+    log_every: int = _option(10, lambda v: max(1, int(v)))
+    checkpoint_every: int = _option(500, lambda v: int(v or 0))
+    es_window: int = _option(100, int, "Wang et al. 2021 ES-WMV, W = 100")
+    es_patience: int = _option(500, int, "tuned here (Wang et al. 2021 use P of the order of the window to 1000)")
+    es_delta: float = _option(0.0, float)
+    ema_decay: float = _option(0.99, float, "Liang et al. 2025 (self-guided DIP) output EMA")
+    lr_schedule: str = _option("constant", str, "constant (cosine: decay to 5 % of lr, ctdip.dip.engine.lr_factor)")
+    # not method parameters
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    log_every: int = 10
-    checkpoint_every: int = 500
-    es_window: int = 100
-    es_patience: int = 500
-    es_delta: float = 0.0
-    ema_decay: float = 0.99
     ssim_every_log: bool = True
-    lr_schedule: str = "constant"  # or "cosine" (see lr_factor)
+
+    @classmethod
+    def _params(cls) -> list:
+        return [f for f in fields(cls) if f.metadata.get("param")]
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """``{name: default}`` of the options that are method parameters."""
+        return {f.name: f.default for f in cls._params()}
+
+    @classmethod
+    def param_sources(cls) -> dict[str, str]:
+        """``{name: source}`` of the defaults that have one."""
+        return {f.name: f.metadata["source"] for f in cls._params() if f.metadata["source"]}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "EngineConfig":
+        """The configuration of a method's resolved parameters (options it lacks keep their default)."""
+        return cls(**{f.name: f.metadata["convert"](params.get(f.name, f.default)) for f in cls._params()})
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -304,7 +343,7 @@ class Picks(Callback):
 class Engine:
     """Runs a :class:`DIPModel` on a Problem within a RunContext (see module docstring)."""
 
-    def __init__(self, problem, ctx, config: EngineConfig, *, method_name: str = "dip",
+    def __init__(self, problem: Problem, ctx: RunContext, config: EngineConfig, *, method_name: str = "dip",
                  params: dict | None = None, extra_callbacks: list[Callback] | None = None,
                  loss_info: dict | None = None):
         self.problem, self.ctx, self.cfg = problem, ctx, config
@@ -315,7 +354,7 @@ class Engine:
         self.reference = None if ref is None else problem.to_image(ref).to(problem.device)
         self.ema = OutputEMA(config.ema_decay)
         self.es = EarlyStoppingWMV(config.es_window, config.es_patience, config.es_delta,
-                                   stop=bool(getattr(ctx, "stop_early", False)))
+                                   stop=bool(ctx.stop_early))
         self.picks = Picks(self.reference)
         self.callbacks: list[Callback] = [self.ema, self.es, self.picks, *(extra_callbacks or [])]
         self.history: list[dict] = []
@@ -374,13 +413,13 @@ class Engine:
         }
 
     def save_checkpoint(self, model, opt, elapsed: float) -> None:
-        run = getattr(self.ctx, "run", None)
+        run = self.ctx.run
         if run is not None:
             run.save_checkpoint(self.checkpoint_dict(model, opt, elapsed))
 
     def _restore(self, model: DIPModel, opt: torch.optim.Optimizer) -> bool:
-        run = getattr(self.ctx, "run", None)
-        if not getattr(self.ctx, "resume", False) or run is None:
+        run = self.ctx.run
+        if not self.ctx.resume or run is None:
             return False
         try:
             ck = run.load_checkpoint()
@@ -468,24 +507,24 @@ class Engine:
         cfg = self.cfg
         device = self.problem.device
         self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(int(getattr(self.ctx, "seed", 0)) + 7919)
+        self.gen.manual_seed(int(self.ctx.seed) + 7919)
         opt = self._make_optimizer(model)
         base_lrs = [float(g["lr"]) for g in opt.param_groups]
         lr_factor(cfg.lr_schedule, 1, cfg.iterations)  # refuse an unknown schedule before the loop
         resumed = self._restore(model, opt)
-        run = getattr(self.ctx, "run", None)
+        run = self.ctx.run
         if run is not None and not resumed and self.iteration == 0 and run.file("metrics.csv").exists():
             run.write_metrics([])
         trainable = [p for g in opt.param_groups for p in g["params"]]
         t_start = time.perf_counter()
-        limit = getattr(self.ctx, "time_limit_s", None)
+        limit = self.ctx.time_limit_s
         step_times: list[float] = []
         pending: list[dict] = []
         old = self._install_signals()
         stopped = False
         from ctdip.core.estimate import StepEstimate
 
-        estimate = StepEstimate("iterations", "it", enabled=not getattr(self.ctx, "quiet", False))
+        estimate = StepEstimate("iterations", "it", enabled=not self.ctx.quiet)
 
         def elapsed() -> float:
             return self.elapsed_before + (time.perf_counter() - t_start)
@@ -623,5 +662,3 @@ def _plain_params(params: dict) -> dict:
             out[k] = str(v)
     return out
 
-
-ProgressFn = Callable[[int, int, dict], None]

@@ -1,9 +1,11 @@
 """Shared machinery of the DIP methods: parameters, network and input, the normalised loss.
 
-Every DIP method is a :class:`DIPMethod`: it resolves its parameters (engine-wide defaults
-:data:`COMMON_DEFAULTS`, then ``presets/methods/<name>.yaml``, then the keyword arguments the
-driver passes from the CLI), builds the network and its input, and hands itself to
-:class:`ctdip.dip.engine.Engine` as the :class:`~ctdip.dip.engine.DIPModel`.
+Every DIP method is a :class:`DIPMethod`: its parameters are the engine's options
+(:class:`~ctdip.dip.engine.EngineConfig`), the network and input options (:data:`MODEL_OPTIONS`)
+and its own ``defaults``, resolved with ``presets/methods/<name>.yaml`` and the keyword arguments
+the driver passes from the CLI by :func:`ctdip.methods.params.resolve`. It builds the network and
+its input, and hands itself to :class:`ctdip.dip.engine.Engine` as the
+:class:`~ctdip.dip.engine.DIPModel`.
 
 Loss normalisation (recorded in ``summary.json`` under ``loss_normalisation``)::
 
@@ -23,122 +25,61 @@ step size ``z_lr``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import yaml
 
-from ctdip.core.io import preset_dir
-from ctdip.core.validate import check_params, choice
-from ctdip.dip.engine import DIPModel, Engine, EngineConfig, StepOut
+from ctdip.core.validate import choice
+from ctdip.dip.context import RunContext, seed_everything
+from ctdip.dip.engine import LR_SCHEDULES, DIPModel, Engine, EngineConfig, StepOut
 from ctdip.errors import UserError
-from ctdip.methods.base import Method, MethodResult, RunContext
+from ctdip.methods.base import Method, MethodResult
 from ctdip.priors.denoisers import tv_norm
 
-PRESET_DIR = preset_dir("methods")
+if TYPE_CHECKING:
+    from ctdip.core.problem import Problem
 
-#: Engine-wide defaults (every DIP method accepts these); sources in ``COMMON_SOURCES``.
-COMMON_DEFAULTS: dict[str, Any] = {
-    "iterations": 2000,
-    "lr": 1e-3,
-    "optimizer": "adam",
-    "grad_clip": 1.0,
-    "network": "light",
-    "input": "noise",
-    "input_std": 0.1,
-    "z_lr": None,
-    "log_every": 10,
-    "checkpoint_every": 500,
-    "es_window": 100,
-    "es_patience": 500,
-    "es_delta": 0.0,
-    "ema_decay": 0.99,
-    "view_batch": 0,
-    "lr_schedule": "constant",
-}
-COMMON_SOURCES = {
-    "lr": "tuned here for the light network on CPU (handbook: 1e-4 with the paper network), benchmarks/results/methods.md",
-    "input_std": "Baguer et al. 2020 (dival DIP reconstructor): z = 0.1 N(0, 1)",
-    "es_window": "Wang et al. 2021 ES-WMV, W = 100",
-    "es_patience": "tuned here (Wang et al. 2021 use P of the order of the window to 1000)",
-    "ema_decay": "Liang et al. 2025 (self-guided DIP) output EMA",
-    "lr_schedule": "constant (cosine: decay to 5 % of lr, ctdip.dip.engine.lr_factor)",
-    "network": "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)",
-    "view_batch": "0 = every view each step; K = a random subset of K views per step (handbook §5.3, ctdip/methods/_view_subsets.py)",
+#: options of every DIP method's network and input: ``name: (default, source or None)``; the
+#: engine's options are declared in :class:`ctdip.dip.engine.EngineConfig`
+MODEL_OPTIONS: dict[str, tuple[Any, str | None]] = {
+    "network": ("light", "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)"),
+    "input": ("noise", None),
+    "input_std": (0.1, "Baguer et al. 2020 (dival DIP reconstructor): z = 0.1 N(0, 1)"),
+    "z_lr": (None, None),
+    "view_batch": (0, "0 = every view each step; K = a random subset of K views per step (handbook §5.3, "
+                      "ctdip/methods/_view_subsets.py)"),
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 
 
-def load_method_preset(name: str) -> dict:
-    """``{"params": {...}, "sources": {...}}`` of ``presets/methods/<name>.yaml`` (empty if absent)."""
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.exists():
-        return {"params": {}, "sources": {}}
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    return {"params": dict(data.get("params") or {}), "sources": dict(data.get("sources") or {})}
-
-
-def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
-    """Convert a CLI string (``--set key=value``) to the type of the default."""
-    if not isinstance(value, str) or isinstance(default, str):
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    try:
-        if isinstance(default, bool):
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(float(value)) if float(value).is_integer() else int(value)
-        if isinstance(default, float):
-            return float(value)
-        return yaml.safe_load(value)
-    except (ValueError, yaml.YAMLError):
-        raise UserError(f"method '{name}': parameter '{key}' expects {type(default).__name__}, got '{value}'") from None
-
-
 class DIPMethod(Method, DIPModel):
     """Base class of the DIP methods (see module docstring). Subclasses set ``name``, may add
-    ``extra_defaults`` and override :meth:`setup`, :meth:`objective`, :meth:`after_step`,
-    :meth:`final_image`, :meth:`choose_result` and the method-state hooks."""
+    ``defaults`` (their own parameters) and override :meth:`setup`, :meth:`objective`,
+    :meth:`after_step`, :meth:`final_image`, :meth:`choose_result` and the method-state hooks."""
 
     kind: ClassVar[str] = "dip"
-    extra_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, **params: Any):
-        preset = load_method_preset(self.name)
-        defaults = {**COMMON_DEFAULTS, **self.extra_defaults, **preset["params"]}
-        self.sources = {**COMMON_SOURCES, **preset["sources"]}
-        unknown = sorted(k for k, v in params.items() if k not in defaults and v is not None)
-        if unknown:
-            raise UserError(
-                f"method '{self.name}' has no parameter {', '.join(repr(u) for u in unknown)}; "
-                f"known parameters: {', '.join(sorted(defaults))}")
-        resolved = dict(defaults)
-        for k, v in params.items():
-            if v is not None:
-                resolved[k] = _coerce(self.name, k, v, defaults[k])
-        if resolved["input"] not in INPUT_KINDS:
-            raise UserError(f"--input: must be one of {', '.join(INPUT_KINDS)}, got '{resolved['input']}'")
-        resolved = check_params(resolved)
-        choice(str(resolved["optimizer"]).lower(), "--set optimizer", OPTIMIZERS)
-        from ctdip.dip.engine import LR_SCHEDULES
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """The engine's options, the network/input options and the method's own ``defaults``."""
+        return {**EngineConfig.param_defaults(), **{k: d for k, (d, _) in MODEL_OPTIONS.items()}, **cls.defaults}
 
-        choice(str(resolved["lr_schedule"]), "--set lr_schedule", LR_SCHEDULES)
-        super().__init__(**resolved)
-        self.p = resolved
+    @classmethod
+    def param_sources(cls) -> dict[str, str]:
+        return {**EngineConfig.param_sources(), **{k: s for k, (_, s) in MODEL_OPTIONS.items() if s}}
+
+    def check(self, params: dict) -> None:
+        if params["input"] not in INPUT_KINDS:
+            raise UserError(f"--input: must be one of {', '.join(INPUT_KINDS)}, got '{params['input']}'")
+        choice(str(params["optimizer"]).lower(), "--set optimizer", OPTIMIZERS)
+        choice(str(params["lr_schedule"]), "--set lr_schedule", LR_SCHEDULES)
 
     # ------------------------------------------------------------------ building blocks
     def network_arch(self, problem) -> dict:
         from ctdip.networks import network_preset, resolve_arch
 
-        net = self.p["network"]
+        net = self.params["network"]
         if isinstance(net, dict):
             arch = dict(net)
             arch.setdefault("dim", problem.dim)
@@ -150,10 +91,10 @@ class DIPMethod(Method, DIPModel):
         return resolve_arch(arch, problem.image_shape)
 
     def make_input(self, problem, gen: torch.Generator) -> torch.Tensor:
-        kind = self.p["input"]
+        kind = self.params["input"]
         shape = (1, int(self.arch.get("in_channels", 1)), *problem.image_shape)
         if kind in ("noise", "learnable"):
-            z = float(self.p["input_std"]) * torch.randn(shape, generator=gen)
+            z = float(self.params["input_std"]) * torch.randn(shape, generator=gen)
         elif kind == "fbp":
             if problem.x_init is None:
                 raise UserError(f"method '{self.name}': input 'fbp' needs an initial reconstruction; the problem has none")
@@ -206,11 +147,16 @@ class DIPMethod(Method, DIPModel):
     def param_groups(self, lr: float) -> list[dict]:
         groups = [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
         if self.z.requires_grad:
-            groups.append({"params": [self.z], "lr": float(self.p["z_lr"] or lr)})
+            groups.append({"params": [self.z], "lr": float(self.params["z_lr"] or lr)})
         return groups
 
+    def output(self) -> torch.Tensor:
+        """The iterate ``x = f_theta(z)`` (network-shaped, differentiable)."""
+        return self.network(self.z)
+
     def objective(self, it: int, gen: torch.Generator) -> StepOut:
-        x = self.network(self.z)
+        """The data term of :meth:`output`; methods add their regulariser with ``StepOut.plus``."""
+        x = self.output()
         fit = self.data_fit(x)
         return StepOut(loss=fit, image=x, data_fit=fit)
 
@@ -225,7 +171,7 @@ class DIPMethod(Method, DIPModel):
         return res.image
 
     # ------------------------------------------------------------------ run
-    def preflight(self, problem) -> None:
+    def preflight(self, problem: Problem) -> None:
         """Resolve the network (preset name or YAML, its dimension), build it (or read and check
         the weights file), and open the denoiser, so that a mistake fails before the run folder."""
         self.problem = problem
@@ -233,7 +179,7 @@ class DIPMethod(Method, DIPModel):
             self.ctx = RunContext(quiet=True)
         self.arch = self.network_arch(problem)
         self.check_network(problem)
-        if self.p.get("denoiser") is not None:
+        if self.params.get("denoiser") is not None:
             from ctdip.methods._splitting import make_denoiser
 
             make_denoiser(self)
@@ -244,36 +190,29 @@ class DIPMethod(Method, DIPModel):
 
         build_network(self.arch)
 
-    def run(self, problem, ctx: RunContext | None = None) -> MethodResult:
+    def run(self, problem: Problem, ctx: RunContext | None = None) -> MethodResult:
         ctx = ctx or RunContext()
         self.problem = problem
         self._ynorm2 = float((problem.y * problem.y).sum().clamp_min(1e-30))
         self._setup_view_subsets(problem)
         self.ctx = ctx
         seed = int(ctx.seed)
-        torch.manual_seed(seed)
+        seed_everything(seed)
         gen = torch.Generator().manual_seed(seed)
         self.arch = self.network_arch(problem)
         self.network = self.build_network(problem)
         self.z = self.make_input(problem, gen)
-        if self.p["input"] == "learnable":
+        if self.params["input"] == "learnable":
             self.z.requires_grad_(True)
         self.setup(problem, gen)
-        cfg = EngineConfig(
-            iterations=int(self.p["iterations"]), lr=float(self.p["lr"]), optimizer=str(self.p["optimizer"]),
-            grad_clip=float(self.p["grad_clip"]) if self.p["grad_clip"] else None,
-            log_every=max(1, int(self.p["log_every"])), checkpoint_every=int(self.p["checkpoint_every"] or 0),
-            es_window=int(self.p["es_window"]), es_patience=int(self.p["es_patience"]),
-            es_delta=float(self.p["es_delta"]), ema_decay=float(self.p["ema_decay"]),
-            lr_schedule=str(self.p["lr_schedule"]),
-        )
+        cfg = EngineConfig.from_params(self.params)
         loss_info = {"data_fit": "||A x - y||^2 / ||y||^2", "y_norm2": self._ynorm2,
                      "image_terms": "mean over voxels", "intensity_scale": float(problem.intensity_scale),
                      "opnorm": float(problem.opnorm)}
         if self._view_batch:
             loss_info["view_batch"] = self._view_batch
             loss_info["data_fit_step"] = "(n/K) ||A_S x - y_S||^2 / ||y||^2 on K random views S (unbiased); logged data_fit: full"
-        self.engine = Engine(problem, ctx, cfg, method_name=self.name, params=self.p, loss_info=loss_info)
+        self.engine = Engine(problem, ctx, cfg, method_name=self.name, params=self.params, loss_info=loss_info)
         res = self.engine.run(self)
         self._views = None  # later data_fit calls see every view
         recon = self.choose_result(res)
@@ -281,7 +220,7 @@ class DIPMethod(Method, DIPModel):
         summary = {
             "method": self.name, **res.summary,
             "network": {"arch": self.arch, "parameters": sum(p.numel() for p in self.network.parameters())},
-            "input": self.p["input"], "params": {k: v for k, v in self.p.items() if not isinstance(v, dict)},
+            "input": self.params["input"], "params": {k: v for k, v in self.params.items() if not isinstance(v, dict)},
             **self.extra_summary(),
         }
         if problem.reference is not None and recon is not res.image:
@@ -293,7 +232,7 @@ class DIPMethod(Method, DIPModel):
         from ctdip.methods._view_subsets import ViewSubset, check_view_batch
 
         self._n_views = int(problem.y.shape[0])
-        self._view_batch = check_view_batch(self.p.get("view_batch", 0) or 0, self._n_views, self.name)
+        self._view_batch = check_view_batch(self.params.get("view_batch", 0) or 0, self._n_views, self.name)
         self._views = None
         self._view_op = ViewSubset(problem.A) if self._view_batch else None
 

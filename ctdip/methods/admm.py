@@ -5,7 +5,7 @@ Splitting x = f_theta(z) = u with a scaled dual w (objective terms are means ove
 
     theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
                                                                      + rho/2 mean (f_theta(z) - u + w)^2 ])
-    every ``inner`` iterations:    u <- D(x + w, sigma)          (x = f_theta(z), the current iterate)
+    every ``u_every`` iterations:  u <- D(x + w, sigma)          (x = f_theta(z), the current iterate)
                                    w <- w + x - u
 
 ``D(x, sigma)`` is the denoiser (``denoiser``: ``learned`` = the DRUNet shipped with ctdip, the
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from ctdip.dip.engine import StepOut
 from ctdip.methods._dip import DIPMethod
-from ctdip.methods._splitting import make_denoiser
+from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
 
 
 class ADMM(DIPMethod):
     name = "admm"
-    extra_defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "inner": 5}
+    defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "u_every": 5}
+    param_aliases = SPLIT_ALIASES
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
@@ -34,15 +34,13 @@ class ADMM(DIPMethod):
         self.w = torch.zeros_like(self.u)
 
     def objective(self, it, gen):
-        x = self.network(self.z)
-        fit = self.data_fit(x)
-        pen = 0.5 * float(self.p["rho"]) * ((x - self.u + self.w) ** 2).mean()
-        return StepOut(loss=fit + pen, image=x, data_fit=fit, reg=pen)
+        step = super().objective(it, gen)
+        return step.plus(0.5 * float(self.params["rho"]) * ((step.image - self.u + self.w) ** 2).mean())
 
     @torch.no_grad()
     def after_step(self, it, image, gen):
-        if it % int(self.p["inner"]) == 0:
-            self.u = self.denoiser(image + self.w, float(self.p["sigma"]))
+        if it % int(self.params["u_every"]) == 0:
+            self.u = self.denoiser(image + self.w, float(self.params["sigma"]))
             self.w = self.w + image - self.u
 
     def method_state(self):
@@ -52,4 +50,4 @@ class ADMM(DIPMethod):
         self.u, self.w = state["u"].to(self.problem.device), state["w"].to(self.problem.device)
 
     def extra_summary(self):
-        return {"denoiser": getattr(self.denoiser, "name", str(self.p["denoiser"]))}
+        return {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"]))}

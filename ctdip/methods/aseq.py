@@ -2,7 +2,7 @@
 autoencoding sequential deep image prior"; handbook Alg. 8).
 
 The input is updated by the network itself, never by gradient. With z_0 the FBP (default) and
-blocks k = 0 .. K-1 of N inner steps each::
+blocks k = 0 .. K-1 of N network steps each (``block_steps``; its old name ``inner`` still works)::
 
     theta <- Adam(theta, grad_theta [ ||A f_theta(z_k) - y||^2 / ||y||^2 + lambda mean (f_theta(z_k) - z_k)^2 ])
                                                                      (N times, z_k fixed)
@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from ctdip.dip.engine import StepOut
-from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 
 
 class ASeq(DIPMethod):
     name = "aseq"
-    extra_defaults = {"lam": 1.0, "inner": 2}
+    defaults = {"lam": 1.0, "block_steps": 2}
+    param_aliases = {"inner": "block_steps"}
 
     def setup(self, problem, gen):
-        if int(self.p["inner"]) < 1:
-            raise UserError("method 'aseq': inner (N) must be at least 1")
         self.z.requires_grad_(False)
         self.z_updates: list[int] = []
 
@@ -35,20 +32,18 @@ class ASeq(DIPMethod):
         return [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
 
     def objective(self, it, gen):
-        x = self.network(self.z)
-        fit = self.data_fit(x)
-        reg = float(self.p["lam"]) * ((x - self.z) ** 2).mean()
-        return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
+        step = super().objective(it, gen)
+        return step.plus(float(self.params["lam"]) * ((step.image - self.z) ** 2).mean())
 
     @torch.no_grad()
     def after_step(self, it, image, gen):
-        if it % int(self.p["inner"]) == 0:
+        if it % int(self.params["block_steps"]) == 0:
             self.z.copy_(self.network(self.z))
             self.z_updates.append(it)
 
     @torch.no_grad()
     def final_image(self, engine):
-        if engine.iteration % int(self.p["inner"]) == 0:
+        if engine.iteration % int(self.params["block_steps"]) == 0:
             return self.z.detach().clone()  # z_K
         return self.network(self.z).detach()
 
@@ -59,4 +54,4 @@ class ASeq(DIPMethod):
         self.z_updates = list(state["z_updates"])
 
     def extra_summary(self):
-        return {"blocks": len(self.z_updates), "inner": int(self.p["inner"])}
+        return {"blocks": len(self.z_updates), "block_steps": int(self.params["block_steps"])}

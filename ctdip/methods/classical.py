@@ -45,80 +45,24 @@ reference exists, time_s).
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import yaml
 
-from ctdip.core.io import preset_dir
-from ctdip.core.validate import check_params
+from ctdip.dip.context import RunContext
 from ctdip.errors import UserError
-from ctdip.methods.base import Method, MethodResult, RunContext
+from ctdip.methods.base import Method, MethodResult
 from ctdip.priors.tv import grad, grad_adjoint, tv  # noqa: F401  (grad, grad_adjoint re-exported)
 
-PRESET_DIR = preset_dir("methods")
-
-
-def _preset(name: str) -> tuple[dict, dict]:
-    p = PRESET_DIR / f"{name}.yaml"
-    if not p.is_file():
-        return {}, {}
-    with open(p) as f:
-        d = yaml.safe_load(f) or {}
-    return dict(d.get("params") or {}), dict(d.get("sources") or {})
-
-
-def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
-    if isinstance(value, str) and not isinstance(default, str) and default is not None:
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            pass
-        if isinstance(value, str):  # YAML 1.1 reads "2e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise UserError(f"method '{method}': parameter '{key}' expects true/false, got '{value}'")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, float):  # 3.0 -> 3; 2.5 is refused by ctdip.core.validate with the option's name
-            return int(value) if value.is_integer() else value
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise UserError(f"method '{method}': parameter '{key}' expects an integer, got '{value}'")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"method '{method}': parameter '{key}' expects a number, got '{value}'")
-        return float(value)
-    return value
+if TYPE_CHECKING:
+    from ctdip.core.problem import Problem
 
 
 class ClassicalMethod(Method):
-    """Shared parameter handling: defaults < preset YAML < explicit params; unknown names refused."""
+    """A classical method: its ``defaults`` < preset YAML < explicit params (``Method``), and the
+    per-iteration loop with its metrics rows (:meth:`_iterate`)."""
 
     kind: ClassVar[str] = "classical"
-    defaults: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, **params: Any):
-        preset, self.sources = _preset(self.name)
-        base = {**self.defaults, **{k: v for k, v in preset.items() if k in self.defaults}}
-        unknown = sorted(k for k, v in params.items() if k not in base and v is not None)
-        if unknown:
-            raise UserError(f"method '{self.name}' has no parameter {', '.join(repr(u) for u in unknown)}; "
-                            f"known parameters: {', '.join(sorted(base))}")
-        resolved = dict(base)
-        for k, v in params.items():
-            if v is not None:
-                resolved[k] = _coerce(self.name, k, v, base[k])
-        self.check(resolved)
-        super().__init__(**resolved)
-        self.p = resolved
-
-    def check(self, p: dict) -> None:
-        p.update(check_params(p))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -133,9 +77,9 @@ class ClassicalMethod(Method):
                 row["ssim"] = metrics.ssim(x, ref)
         return row
 
-    def _iterate(self, problem, ctx: RunContext, n_iter: int, step, x0: torch.Tensor) -> MethodResult:
+    def _iterate(self, problem: Problem, ctx: RunContext, n_iter: int, step, x0: torch.Tensor) -> MethodResult:
         """Run ``step(k) -> (x, data_fit, reg)`` for k = 1..n_iter, logging a row per iteration."""
-        log_every = int(self.p.get("log_every", 10))
+        log_every = int(self.params.get("log_every", 10))
         y_norm2 = float(problem.y.pow(2).sum())
         rows: list[dict] = []
         best = (-float("inf"), 0, None)
@@ -176,12 +120,12 @@ class FBP(ClassicalMethod):
     name = "fbp"
     defaults = {"filter": "hann"}
 
-    def run(self, problem, ctx: RunContext) -> MethodResult:
+    def run(self, problem: Problem, ctx: RunContext) -> MethodResult:
         from ctdip.core import metrics
         from ctdip.core.operators import fbp
 
         t0 = time.perf_counter()
-        filt = str(self.p["filter"])
+        filt = str(self.params["filter"])
         if filt == "ram-lak" and problem.x_init is not None:
             x = problem.x_init
         else:
@@ -205,7 +149,7 @@ class CGLS(ClassicalMethod):
     name = "cgls"
     defaults = {"iterations": 30, "log_every": 10}
 
-    def run(self, problem, ctx: RunContext) -> MethodResult:
+    def run(self, problem: Problem, ctx: RunContext) -> MethodResult:
         A, y = problem.A, problem.y
         x = torch.zeros(problem.volume.shape, device=problem.device)
         st: dict[str, Any] = {}
@@ -229,7 +173,7 @@ class CGLS(ClassicalMethod):
                 st["gamma"] = g_new
                 return st["x"], float(st["r"].pow(2).sum()), 0.0
 
-            return self._iterate(problem, ctx, int(self.p["iterations"]), step, x)
+            return self._iterate(problem, ctx, int(self.params["iterations"]), step, x)
 
 
 class TVSolver:
@@ -300,7 +244,6 @@ class PDHGTV(ClassicalMethod):
                 "cv_folds": 5, "cv_grid": "1e-4:0.1:2"}
 
     def check(self, p: dict) -> None:
-        super().check(p)
         if p["init"] not in ("fbp", "zero"):
             raise UserError(f"method 'pdhg-tv': init must be 'fbp' or 'zero', got '{p['init']}'")
         if int(p["cv_folds"]) < 2:
@@ -309,18 +252,18 @@ class PDHGTV(ClassicalMethod):
 
         parse_grid(p["cv_grid"], "pdhg-tv")
 
-    def run(self, problem, ctx: RunContext) -> MethodResult:
+    def run(self, problem: Problem, ctx: RunContext) -> MethodResult:
         from ctdip.methods.selection import cv_tv_weight, parse_grid
 
         choice = None
-        lam = self.p["tv_weight"]
+        lam = self.params["tv_weight"]
         if lam == "auto":
-            choice = cv_tv_weight(problem, parse_grid(self.p["cv_grid"], "pdhg-tv"), folds=int(self.p["cv_folds"]),
-                                  iterations=int(self.p["iterations"]), init=str(self.p["init"]), ctx=ctx)
+            choice = cv_tv_weight(problem, parse_grid(self.params["cv_grid"], "pdhg-tv"), folds=int(self.params["cv_folds"]),
+                                  iterations=int(self.params["iterations"]), init=str(self.params["init"]), ctx=ctx)
             lam = choice.chosen
         lam = float(lam)
         with torch.no_grad():
-            x = tv_start(problem, str(self.p["init"]))
+            x = tv_start(problem, str(self.params["init"]))
             solver = TVSolver(problem.A, problem.y, float(problem.opnorm), lam, x, tv_dims(problem))
             y_tilde2 = max(float(solver.yt.pow(2).sum()), 1e-30)
 
@@ -330,7 +273,7 @@ class PDHGTV(ClassicalMethod):
                 # reg in the units of data_fit: loss = data_fit + reg = 2 * objective / ||y~||^2
                 return x_new, fit, 2 * lam * tv(x_new, solver.dims) / y_tilde2
 
-            res = self._iterate(problem, ctx, int(self.p["iterations"]), step, x)
+            res = self._iterate(problem, ctx, int(self.params["iterations"]), step, x)
         res.summary["tv_weight"] = lam
         if choice is not None:
             res.summary["tv_weight_choice"] = choice.as_dict()

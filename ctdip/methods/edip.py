@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import sys
 
-from ctdip.dip.engine import StepOut
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 from ctdip.networks.weights import build_from_weights, load_weights, problem_geometry_key
@@ -29,26 +28,26 @@ from ctdip.networks.weights import build_from_weights, load_weights, problem_geo
 
 class EDIP(DIPMethod):
     name = "edip"
-    extra_defaults = {"weights": None, "force": False, "tv_weight": 0.02}
+    defaults = {"weights": None, "force": False, "tv_weight": 0.02}
     freeze_encoder = False
 
     def weights_path(self, problem, arch: dict):
-        if self.p["weights"]:
-            return self.p["weights"]
+        if self.params["weights"]:
+            return self.params["weights"]
         from ctdip.training.warmstart import ensure_warm_start
 
         return ensure_warm_start(problem, arch, quiet=bool(getattr(self.ctx, "quiet", False)))
 
     def check_network(self, problem) -> None:
         """With ``--weights``: read the file and check its kind, geometry and dimension now."""
-        if self.p["weights"]:
-            build_from_weights(self._checked_weights(problem, self.p["weights"], warn=False), self.p["weights"])
+        if self.params["weights"]:
+            build_from_weights(self._checked_weights(problem, self.params["weights"], warn=False), self.params["weights"])
 
     def _checked_weights(self, problem, path, warn: bool = True) -> dict:
         obj = load_weights(path, kind="unet")
         want, have = problem_geometry_key(problem), obj.get("geometry_key")
         if want is not None and have is not None and want != have:
-            if not self.p["force"]:
+            if not self.params["force"]:
                 raise UserError(
                     f"weights were pretrained for another geometry (key {have}, this scan {want}); "
                     "pretrain for this scan or pass --force", path=path)
@@ -73,17 +72,9 @@ class EDIP(DIPMethod):
                 p.requires_grad_(False)
         return net
 
-    def run(self, problem, ctx=None):
-        from ctdip.methods.base import RunContext
-
-        self.ctx = ctx or RunContext()
-        return super().run(problem, self.ctx)
-
     def objective(self, it, gen):
-        x = self.network(self.z)
-        fit = self.data_fit(x)
-        reg = float(self.p["tv_weight"]) * self.tv(x)
-        return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
+        step = super().objective(it, gen)
+        return step.plus(float(self.params["tv_weight"]) * self.tv(step.image))
 
     def choose_result(self, res):
         return res.picks.get("min_loss", res.image)

@@ -6,7 +6,7 @@ With an increasing coupling mu_k and the denoiser strength tied to it, sigma_k =
 
     theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
                                                                      + mu_k/2 mean (f_theta(z) - u)^2 ])
-    every ``inner`` iterations:    u <- D(x, sigma_k),  sigma_k = sqrt(lambda / mu_k)
+    every ``u_every`` iterations:  u <- D(x, sigma_k),  sigma_k = sqrt(lambda / mu_k)
                                    mu_{k+1} = min(mu_growth mu_k, mu_max)
 
 ``D`` as in ``admm`` (``learned`` by default, ``tv``, ``bm3d`` or a CNN weight file). With ``denoiser: tv`` this is tv-hqs
@@ -20,44 +20,41 @@ import math
 
 import torch
 
-from ctdip.dip.engine import StepOut
 from ctdip.methods._dip import DIPMethod
-from ctdip.methods._splitting import make_denoiser
+from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
 
 
 class HQSDenoiser(DIPMethod):
     name = "hqs-denoiser"
-    extra_defaults = {"denoiser": "learned", "lam": 0.005, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "inner": 5}
-    #: the parameter holding the number of theta-steps between u-steps
-    u_every_param = "inner"
+    defaults = {"denoiser": "learned", "lam": 0.005, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0,
+                "u_every": 5}
+    param_aliases = SPLIT_ALIASES
 
     def setup(self, problem, gen):
         self.setup_denoiser()
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
-        self.mu = float(self.p["mu"])
+        self.mu = float(self.params["mu"])
 
     def setup_denoiser(self) -> None:
         self.denoiser = make_denoiser(self)
 
     def sigma(self) -> float:
-        return math.sqrt(float(self.p["lam"]) / self.mu)
+        return math.sqrt(float(self.params["lam"]) / self.mu)
 
     def u_step(self, image: torch.Tensor) -> torch.Tensor:
         """The auxiliary update ``u <- D(x, sigma_k)`` (module docstring)."""
         return self.denoiser(image, self.sigma())
 
     def objective(self, it, gen):
-        x = self.network(self.z)
-        fit = self.data_fit(x)
-        pen = 0.5 * self.mu * ((x - self.u) ** 2).mean()
-        return StepOut(loss=fit + pen, image=x, data_fit=fit, reg=pen)
+        step = super().objective(it, gen)
+        return step.plus(0.5 * self.mu * ((step.image - self.u) ** 2).mean())
 
     @torch.no_grad()
     def after_step(self, it, image, gen):
-        if it % int(self.p[self.u_every_param]) == 0:
+        if it % int(self.params["u_every"]) == 0:
             self.u = self.u_step(image)
-            self.mu = min(self.mu * float(self.p["mu_growth"]), float(self.p["mu_max"]))
+            self.mu = min(self.mu * float(self.params["mu_growth"]), float(self.params["mu_max"]))
 
     def method_state(self):
         return {"u": self.u, "mu": self.mu}
@@ -66,5 +63,5 @@ class HQSDenoiser(DIPMethod):
         self.u, self.mu = state["u"].to(self.problem.device), float(state["mu"])
 
     def extra_summary(self):
-        return {"denoiser": getattr(self.denoiser, "name", str(self.p["denoiser"])), "final_mu": self.mu,
+        return {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"])), "final_mu": self.mu,
                 "final_sigma": self.sigma()}

@@ -8,7 +8,7 @@ x = f_theta(z) ~ u, penalised by mu/2 mean (x - u)^2. RED's gradient is ``lambda
 
     theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
                                                                      + mu/2 mean (f_theta(z) - u)^2 ])
-    every ``inner`` iterations:    u_new = (lambda D(v, sigma) + mu x) / (lambda + mu)
+    every ``u_every`` iterations:  u_new = (lambda D(v, sigma) + mu x) / (lambda + mu)
                                    t_new = (1 + sqrt(1 + 4 t^2)) / 2
                                    v = u_new + (t - 1)/t_new (u_new - u);  u = u_new;  t = t_new
 
@@ -22,14 +22,14 @@ import math
 
 import torch
 
-from ctdip.dip.engine import StepOut
 from ctdip.methods._dip import DIPMethod
-from ctdip.methods._splitting import make_denoiser
+from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
 
 
 class RED(DIPMethod):
     name = "red"
-    extra_defaults = {"denoiser": "learned", "sigma": 0.05, "lam": 0.5, "mu": 0.5, "inner": 5}
+    defaults = {"denoiser": "learned", "sigma": 0.05, "lam": 0.5, "mu": 0.5, "u_every": 5}
+    param_aliases = SPLIT_ALIASES
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
@@ -39,16 +39,14 @@ class RED(DIPMethod):
         self.t = 1.0
 
     def objective(self, it, gen):
-        x = self.network(self.z)
-        fit = self.data_fit(x)
-        pen = 0.5 * float(self.p["mu"]) * ((x - self.u) ** 2).mean()
-        return StepOut(loss=fit + pen, image=x, data_fit=fit, reg=pen)
+        step = super().objective(it, gen)
+        return step.plus(0.5 * float(self.params["mu"]) * ((step.image - self.u) ** 2).mean())
 
     @torch.no_grad()
     def after_step(self, it, image, gen):
-        if it % int(self.p["inner"]) == 0:
-            lam, mu = float(self.p["lam"]), float(self.p["mu"])
-            u_new = (lam * self.denoiser(self.v, float(self.p["sigma"])) + mu * image) / (lam + mu)
+        if it % int(self.params["u_every"]) == 0:
+            lam, mu = float(self.params["lam"]), float(self.params["mu"])
+            u_new = (lam * self.denoiser(self.v, float(self.params["sigma"])) + mu * image) / (lam + mu)
             t_new = (1 + math.sqrt(1 + 4 * self.t * self.t)) / 2
             self.v = u_new + ((self.t - 1) / t_new) * (u_new - self.u)
             self.u, self.t = u_new, t_new
@@ -61,4 +59,4 @@ class RED(DIPMethod):
         self.u, self.v, self.t = state["u"].to(dev), state["v"].to(dev), float(state["t"])
 
     def extra_summary(self):
-        return {"denoiser": getattr(self.denoiser, "name", str(self.p["denoiser"]))}
+        return {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"]))}

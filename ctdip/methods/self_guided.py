@@ -24,23 +24,23 @@ from ctdip.methods._dip import DIPMethod
 
 class SelfGuided(DIPMethod):
     name = "self-guided"
-    extra_defaults = {"alpha": 0.1, "realisations": 2, "noise_std": 0.05}
+    defaults = {"alpha": 0.1, "realisations": 2, "noise_std": 0.05}
 
     def setup(self, problem, gen):
         self.z.requires_grad_(True)
 
     def mean_output(self, gen: torch.Generator | None) -> torch.Tensor:
-        m = int(self.p["realisations"])
+        m = int(self.params["realisations"])
         zb = self.z.expand(m, *self.z.shape[1:])
-        if gen is not None and float(self.p["noise_std"]) > 0:
+        if gen is not None and float(self.params["noise_std"]) > 0:
             eta = torch.randn(zb.shape, generator=gen, device=zb.device, dtype=zb.dtype)
-            zb = zb + float(self.p["noise_std"]) * eta
+            zb = zb + float(self.params["noise_std"]) * eta
         return self.network(zb).mean(0, keepdim=True)
 
     def objective(self, it, gen):
         x = self.mean_output(gen)
         fit = self.data_fit(x)
-        reg = float(self.p["alpha"]) * ((x - self.z) ** 2).mean()
+        reg = float(self.params["alpha"]) * ((x - self.z) ** 2).mean()
         return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
 
     @torch.no_grad()

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import torch
 
-from ctdip.dip.engine import StepOut
 from ctdip.errors import UserError
 from ctdip.methods.edip import EDIP
 from ctdip.networks.weights import load_weights
@@ -93,14 +92,14 @@ def subspace_basis(thetas: torch.Tensor, k: int, keep: float) -> tuple[torch.Ten
 
 class SubspaceDIP(EDIP):
     name = "subspace-dip"
-    extra_defaults = {"weights": None, "force": False, "tv_weight": 0.02, "subspace_dim": 16, "keep": 0.5}
+    defaults = {"weights": None, "force": False, "tv_weight": 0.02, "subspace_dim": 16, "keep": 0.5}
 
     # ------------------------------------------------------------------ building blocks
     def weights_path(self, problem, arch):
-        if not self.p["weights"]:
+        if not self.params["weights"]:
             raise UserError("method 'subspace-dip' needs --weights FILE: the output of ctdip pretrain "
                             "--checkpoint-every N (its FILE.ckpt folder holds the trajectory)")
-        return self.p["weights"]
+        return self.params["weights"]
 
     def build_network(self, problem):
         net = super().build_network(problem)
@@ -127,11 +126,11 @@ class SubspaceDIP(EDIP):
                 rows.append(torch.cat([sd[n].reshape(-1).float() for n in self._names]))
             except KeyError as e:
                 raise UserError(f"trajectory checkpoint lacks parameter {e}", path=f) from None
-        k = min(int(self.p["subspace_dim"]), len(rows) - 1)  # the centred trajectory has rank <= T - 1
-        if k < int(self.p["subspace_dim"]) and not getattr(self.ctx, "quiet", False):
+        k = min(int(self.params["subspace_dim"]), len(rows) - 1)  # the centred trajectory has rank <= T - 1
+        if k < int(self.params["subspace_dim"]) and not getattr(self.ctx, "quiet", False):
             sys.stderr.write(f"warning: {self.weights_file}: the trajectory has {len(rows)} checkpoints; "
-                             f"subspace_dim {self.p['subspace_dim']} lowered to {k}\n")
-        return subspace_basis(torch.stack(rows), k, float(self.p["keep"]))
+                             f"subspace_dim {self.params['subspace_dim']} lowered to {k}\n")
+        return subspace_basis(torch.stack(rows), k, float(self.params["keep"]))
 
     def theta(self, c: torch.Tensor | None = None) -> torch.Tensor:
         """theta(c) = theta_0 + B c (flat, P)."""
@@ -151,11 +150,8 @@ class SubspaceDIP(EDIP):
     def param_groups(self, lr):
         return [{"params": [self.c], "lr": lr}]
 
-    def objective(self, it, gen):
-        x = self.image()
-        fit = self.data_fit(x)
-        reg = float(self.p["tv_weight"]) * self.tv(x)
-        return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
+    def output(self):
+        return self.image()
 
     @torch.no_grad()
     def final_image(self, engine):

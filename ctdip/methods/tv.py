@@ -18,7 +18,6 @@ slices for quality per CPU-minute (``presets/methods/recommended.yaml``).
 
 from __future__ import annotations
 
-from ctdip.dip.engine import StepOut
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 
@@ -27,44 +26,42 @@ OUTPUTS = ("final", "ema")
 
 class TVDIP(DIPMethod):
     name = "tv"
-    extra_defaults = {"tv_weight": 0.02, "tv_factor": 1.0, "output": "final", "cv_folds": 5,
-                      "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
+    defaults = {"tv_weight": 0.02, "tv_factor": 1.0, "output": "final", "cv_folds": 5,
+                "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
+    choice = None  # the cross-validation evidence of tv_weight: auto (selection.WeightChoice)
 
-    def __init__(self, **params):
-        super().__init__(**params)  # tv_weight: a number >= 0 or "auto" (ctdip.core.validate)
+    def check(self, params: dict) -> None:
+        super().check(params)  # tv_weight: a number >= 0 or "auto" (ctdip.core.validate)
         from ctdip.methods.selection import parse_grid
 
-        if self.p["output"] not in OUTPUTS:
-            raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{self.p['output']}'")
-        parse_grid(self.p["cv_grid"], self.name)
-        self.choice = None
+        if params["output"] not in OUTPUTS:
+            raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{params['output']}'")
+        parse_grid(params["cv_grid"], self.name)
 
     def setup(self, problem, gen) -> None:
-        self.weight = self.p["tv_weight"]
+        self.weight = self.params["tv_weight"]
         if self.weight == "auto":
             from ctdip.methods.selection import cv_tv_weight, dip_tv_weight, parse_grid
 
-            self.choice = cv_tv_weight(problem, parse_grid(self.p["cv_grid"], self.name),
-                                       folds=int(self.p["cv_folds"]), iterations=int(self.p["cv_iterations"]),
+            self.choice = cv_tv_weight(problem, parse_grid(self.params["cv_grid"], self.name),
+                                       folds=int(self.params["cv_folds"]), iterations=int(self.params["cv_iterations"]),
                                        ctx=getattr(self, "ctx", None))
-            self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.p["tv_factor"]))
-            self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.p["tv_factor"]),
+            self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.params["tv_factor"]))
+            self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.params["tv_factor"]),
                                      dip_tv_weight=self.weight)
         self.weight = float(self.weight)
 
     def objective(self, it, gen):
-        x = self.network(self.z)
-        fit = self.data_fit(x)
-        reg = self.weight * self.tv(x)
-        return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
+        step = super().objective(it, gen)
+        return step.plus(self.weight * self.tv(step.image))
 
     def choose_result(self, res):
-        if self.p["output"] == "ema" and "ema" in res.picks:
+        if self.params["output"] == "ema" and "ema" in res.picks:
             return res.picks["ema"]
         return res.image
 
     def extra_summary(self) -> dict:
-        out = {"tv_weight": self.weight, "output": self.p["output"]}
+        out = {"tv_weight": self.weight, "output": self.params["output"]}
         if self.choice is not None:
             out["tv_weight_choice"] = self.choice.as_dict()
         return out

@@ -5,7 +5,7 @@ auxiliary u, penalised by mu_k/2 mean (x - u)^2 with an increasing mu_k::
 
     theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
                                                                      + mu_k/2 mean (f_theta(z) - u)^2 ])
-    u-step (every ``u_every``):     u <- argmin_u lambda TV(u) + mu_k/2 mean (x - u)^2
+    every ``u_every`` iterations:  u <- argmin_u lambda TV(u) + mu_k/2 mean (x - u)^2
                                        = prox_{(lambda/mu_k) TV_sum}(x)      (FGP, ctdip.priors.denoisers)
     mu-schedule:                   mu_{k+1} = min(mu_growth * mu_k, mu_max)  (per u-step)
 
@@ -25,16 +25,15 @@ class TVHQS(HQSDenoiser):
     """:class:`ctdip.methods.hqs.HQSDenoiser` with the u-step ``prox_{(lambda/mu_k) TV_sum}``."""
 
     name = "tv-hqs"
-    extra_defaults = {"tv_weight": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "u_every": 5,
-                      "prox_iterations": 30}
-    u_every_param = "u_every"
+    defaults = {"tv_weight": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "u_every": 5,
+                "prox_iterations": 30}
 
     def setup_denoiser(self) -> None:
         pass
 
     def u_step(self, image: torch.Tensor) -> torch.Tensor:
         # both objective terms are means over voxels, so the 1/n cancels: weight lambda/mu on TV_sum
-        return tv_prox(image, float(self.p["tv_weight"]) / self.mu, int(self.p["prox_iterations"]))
+        return tv_prox(image, float(self.params["tv_weight"]) / self.mu, int(self.params["prox_iterations"]))
 
     def extra_summary(self):
         return {"final_mu": self.mu}

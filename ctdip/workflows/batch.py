@@ -142,7 +142,10 @@ def requested_settings(method: str, params: dict | None = None, scan_options: di
 
 def recorded_settings(config: dict) -> dict:
     """The :func:`requested_settings` keys read from a run's ``config.yaml``."""
-    return _yaml_plain({"method": config.get("method"), "params": config.get("params") or {},
+    from ctdip.methods.params import recorded_params  # old runs may record old parameter names
+
+    method = config.get("method")
+    return _yaml_plain({"method": method, "params": recorded_params(method, config.get("params") or {}),
                         "scan": _given((config.get("scan") or {}).get("options")),
                         "seed": config.get("seed", 0), "holdout": config.get("holdout", 0.0),
                         "stop_early": config.get("stop_early", False)})

@@ -10,7 +10,7 @@
 3. creates the run folder (default ``runs/<timestamp>_<method>_<dataset>``; with ``resume`` the
    existing folder, whose ``config.yaml`` restores method, parameters, seed and scan options via
    :func:`resume_settings`) and writes ``config.yaml``;
-4. seeds torch/numpy/random and calls ``method.run(problem, RunContext(...))`` with a rich
+4. calls ``method.run(problem, RunContext(...))`` (a DIP method seeds torch/numpy/random) with a rich
    progress bar on a terminal (nothing when stderr is not a TTY, or with ``quiet``);
 5. writes ``recon.tif`` (``problem.unscale``; voxel size in the ImageJ metadata; ASTRA's (z, y, x)
    volume orientation), ``recon_<name>.tif`` for each of ``result.extras`` (``best`` only with a
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import platform
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,11 +33,8 @@ from typing import Any
 import numpy as np
 
 from ctdip.core.device import resolve_device  # noqa: F401  (re-used by the CLI)
-from ctdip.core.io import preset_dir
 from ctdip.core.validate import FRACTION
 from ctdip.errors import UserError
-
-PRESET_DIR = preset_dir("methods")
 
 
 @dataclass
@@ -64,38 +60,19 @@ def canonical_method(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def method_preset(name: str) -> dict:
-    """``{"path", "params", "sources"}`` of ``presets/methods/<name>.yaml`` (empty if absent)."""
-    from ctdip.core.io import read_yaml
-
-    p = PRESET_DIR / f"{name}.yaml"
-    if not p.is_file():
-        return {"path": None, "params": {}, "sources": {}}
-    d = read_yaml(p)
-    params = dict(d.get("params") or {})
-    sources = dict(d.get("sources") or {})
-    for k, v in list(params.items()):  # also accept {value: ..., source: ...} entries
-        if isinstance(v, dict) and "value" in v:
-            params[k] = v["value"]
-            if "source" in v:
-                sources[k] = v["source"]
-    return {"path": str(p), "params": params, "sources": sources}
-
-
 def resolve_method(method: str, params: dict | None = None):
     """``(name, cls, preset, overrides, method object, resolved params)`` for ``method`` with
-    ``params`` over its preset (None values dropped); building the object refuses unknown or
-    invalid parameters. Shared by the driver and ``ctdip batch``'s settings comparison."""
+    ``params`` over its preset: the method object resolves them (:func:`ctdip.methods.params.resolve`:
+    unknown or invalid parameters refused); ``overrides`` are ``params`` under their current names,
+    None values dropped. Shared by the driver and ``ctdip batch``'s settings comparison."""
     from ctdip.methods import get_method
+    from ctdip.methods.params import canonical, load_preset
 
     name = canonical_method(method)
     cls = get_method(method)
-    preset = method_preset(name)
-    overrides = {k: v for k, v in (params or {}).items() if v is not None}
-    merged = {**preset["params"], **overrides}
-    m = cls(**merged)
-    resolved = dict(getattr(m, "p", None) or getattr(m, "params", {}) or merged)
-    return name, cls, preset, overrides, m, resolved
+    m = cls(**(params or {}))
+    overrides = {k: v for k, v in canonical(params or {}, cls.param_aliases, name)[0].items() if v is not None}
+    return name, cls, load_preset(name), overrides, m, dict(m.params)
 
 
 def parse_time_limit(value: str | float | int | None) -> float | None:
@@ -154,14 +131,6 @@ def resume_settings(run_dir: str | Path) -> dict:
         if key not in cfg:
             raise UserError(f"config.yaml has no '{key}'", path=p)
     return cfg
-
-
-def _seed_all(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 class _Progress:
@@ -347,8 +316,8 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
 
     from ctdip.core.data import Scan
     from ctdip.core.problem import Problem
+    from ctdip.dip.context import RunContext
     from ctdip.dip.runs import RunFolder, default_run_dir
-    from ctdip.methods.base import RunContext
 
     t_start = time.perf_counter()
     name, cls, preset, overrides, m, resolved = resolve_method(method, params)
@@ -374,7 +343,6 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     run = RunFolder(run_path)
     _check_run_folder(run_path, resume)
 
-    _seed_all(int(seed))
     problem = Problem.from_scan(scan, backend=backend, device=dev, holdout=float(holdout))
     geom = problem.A.geometry
     m.preflight(problem)  # network, weights, denoiser: fail before the run folder exists
@@ -410,10 +378,8 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     show = progress and not quiet and not json_out and _stderr_is_tty()
     with _Progress(show, f"{name}") as bar:
         ctx = RunContext(run=run, seed=int(seed), resume=bool(resume), quiet=bool(quiet), progress=bar,
-                         time_limit_s=limit_s, stop_early=bool(stop_early),
-                         extra={"holdout": float(holdout), "device": dev})
-        _seed_all(int(seed))
-        result = m.run(problem, ctx)
+                         time_limit_s=limit_s, stop_early=bool(stop_early))
+        result = m.run(problem, ctx)  # a DIP method seeds the generators (dip.context.seed_everything)
 
     vox = problem.volume.voxel_mm
     recon_np = _as_np(problem.unscale(result.recon)).reshape(problem.volume.shape)
