@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ctdip.dip.context import RunContext
 from ctdip.dip.engine import Callback, DIPModel, Engine, EngineConfig, StepOut
 from ctdip.training.simulator import EllipseSimulator, from_net, net_input
 from ctdip.training.trainer import step_generator
@@ -62,15 +63,6 @@ class _PSNRCurve(Callback):
         return False
 
 
-class _Quiet:
-    """The engine's run context here: no run folder, no progress, no duration estimate."""
-
-    seed, quiet = 0, True
-
-    def report(self, it: int, total: int, metrics: dict | None = None) -> None:
-        pass
-
-
 def finetune_curve(network: torch.nn.Module, arch: dict, problem, reference: torch.Tensor, iters: int,
                    lr: float = 1e-4) -> list[float]:
     """PSNR curve (to ``reference``, ``(z, y, x)``) of the DIP fine-tuning of ``network`` on ``problem``."""
@@ -78,7 +70,7 @@ def finetune_curve(network: torch.nn.Module, arch: dict, problem, reference: tor
                        es_window=2, ssim_every_log=False)
     curve = _PSNRCurve(reference)
     network.train()
-    Engine(problem, _Quiet(), cfg, method_name="rise-time", extra_callbacks=[curve]).run(
+    Engine(problem, RunContext(quiet=True), cfg, method_name="rise-time", extra_callbacks=[curve]).run(
         _FineTune(network, arch, problem))
     return curve.values
 
