@@ -63,48 +63,6 @@ class RunSummary:
         return self.path / "preview.png"
 
 
-class Reporter(Protocol):
-    """What :func:`reconstruct` tells its caller while it runs (``ctdip reconstruct`` prints
-    through one; :class:`SilentReporter` is the default). Every hook defaults to doing nothing.
-
-    Order: ``on_warning`` for each of the scan's warnings (after the checks, before the run folder
-    is written), ``on_start`` before the first iteration, ``on_progress`` after iterations,
-    ``on_stop`` when the method returns or raises (always, after ``on_start``), ``on_finish`` with
-    the result once the files are written (also for ``resume`` of a finished run, without the others).
-    """
-
-    #: let the methods write their own notes and warnings to stderr (``RunContext.quiet = not verbose``)
-    verbose: bool = False
-
-    def on_warning(self, message: str) -> None:
-        """A problem with the input that does not stop the run (one line, no ``warning:`` prefix)."""
-
-    def on_start(self, method: str, run_path: Path) -> None:
-        """The method ``method`` starts iterating into ``run_path``."""
-
-    def on_progress(self, iteration: int, total: int, metrics: dict) -> None:
-        """Iteration ``iteration`` of ``total`` done; ``metrics`` is its metrics row (may be empty)."""
-
-    def on_stop(self) -> None:
-        """The method returned or raised."""
-
-    def on_finish(self, result: RunSummary) -> None:
-        """The run is complete: ``result`` is what :func:`reconstruct` returns."""
-
-
-class SilentReporter(Reporter):
-    """Tells nothing to anyone, and keeps the methods' own notes quiet."""
-
-
-class StderrWarnings(SilentReporter):
-    """Silent but for the scan's warnings, one ``warning: ...`` line each on stderr (what a
-    ``ctdip batch`` worker shows)."""
-
-    def on_warning(self, message: str) -> None:
-        sys.stderr.write(f"warning: {message}\n")
-        sys.stderr.flush()
-
-
 def canonical_method(name: str) -> str:
     from ctdip.methods import ALIASES
 
@@ -297,6 +255,48 @@ class _FailedStartCleanup:
             for p in self.path.iterdir():
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
         return False
+
+
+class Reporter(Protocol):
+    """What :func:`reconstruct` tells its caller while it runs (``ctdip reconstruct`` prints
+    through one; :class:`SilentReporter` is the default). Every hook defaults to doing nothing.
+
+    Order: ``on_warning`` for each of the scan's warnings (after the checks, before the run folder
+    is written), ``on_start`` before the first iteration, ``on_progress`` after iterations,
+    ``on_stop`` when the method returns or raises (always, after ``on_start``), ``on_finish`` with
+    the result once the files are written (also for ``resume`` of a finished run, without the others).
+    """
+
+    #: let the methods write their own notes and warnings to stderr (``RunContext.quiet = not verbose``)
+    verbose: bool = False
+
+    def on_warning(self, message: str) -> None:
+        """A problem with the input that does not stop the run (one line, no ``warning:`` prefix)."""
+
+    def on_start(self, method: str, run_path: Path) -> None:
+        """The method ``method`` starts iterating into ``run_path``."""
+
+    def on_progress(self, iteration: int, total: int, metrics: dict) -> None:
+        """Iteration ``iteration`` of ``total`` done; ``metrics`` is its metrics row (may be empty)."""
+
+    def on_stop(self) -> None:
+        """The method returned or raised."""
+
+    def on_finish(self, result: RunSummary) -> None:
+        """The run is complete: ``result`` is what :func:`reconstruct` returns."""
+
+
+class SilentReporter(Reporter):
+    """Tells nothing to anyone, and keeps the methods' own notes quiet."""
+
+
+class StderrWarnings(SilentReporter):
+    """Silent but for the scan's warnings, one ``warning: ...`` line each on stderr (what a
+    ``ctdip batch`` worker shows)."""
+
+    def on_warning(self, message: str) -> None:
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
 
 
 def reconstruct(*args, **kwargs) -> RunSummary:
