@@ -78,7 +78,7 @@ def run(scan, method: str, params: dict, out: Path, oracle: float | None = None)
     from ctdip.workflows.reconstruct import reconstruct
 
     t = time.perf_counter()
-    rs = reconstruct(scan, method, params, output=out, quiet=True, progress=False, seed=0)
+    rs = reconstruct(scan, method, params, output=out, seed=0)
     wall = time.perf_counter() - t
     s = rs.summary.get("result", rs.summary)
     rows = RunFolder(out).read_metrics()

@@ -92,7 +92,7 @@ def one_run(scan, method: str, params: dict, workdir: Path) -> dict:
     from ctdip.workflows.reconstruct import reconstruct
 
     out = workdir / f"run{len(list(workdir.iterdir()))}"
-    rs = reconstruct(scan, method, params, output=out, quiet=True, progress=False, backend="auto")
+    rs = reconstruct(scan, method, params, output=out, backend="auto")
     s = rs.summary
     ref = np.asarray(scan.reference, dtype=np.float64)
     rec = read_recon(out).reshape(ref.shape)

@@ -121,8 +121,7 @@ def test_dashes_become_underscores_for_reconstruct_and_batch(tmp_path):
     assert requested_settings("cgls", {"log-every": 2})["params"] == {"iterations": 30, "log_every": 2}
     assert requested_settings("aseq", {"inner": 4})["params"] == requested_settings("aseq", {"block-steps": 4})["params"]
     simulate(tmp_path / "scan", phantom="shepp-logan", geometry="fan", size=16, angles=8, noise=0.02)
-    rs = reconstruct(tmp_path / "scan", "cgls", {"log-every": 2, "iterations": 3}, tmp_path / "run", quiet=True,
-                     progress=False)
+    rs = reconstruct(tmp_path / "scan", "cgls", {"log-every": 2, "iterations": 3}, tmp_path / "run")
     assert rs.config["params"] == {"iterations": 3, "log_every": 2}
     assert rs.config["overrides"] == {"log_every": 2, "iterations": 3}
     # a run recorded under an old name compares equal to the same settings under the new one

@@ -24,6 +24,7 @@ def test_run_folder_contents_and_json(scan, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     summary = json.loads(out)
+    assert summary == json.loads((run / "summary.json").read_text())  # --json prints summary.json
     for f in ["config.yaml", "metrics.csv", "recon.tif", "recon_best.tif", "summary.json", "preview.png", "psnr.png"]:
         assert (run / f).is_file(), f
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -75,3 +76,77 @@ def test_setup_preset_applies_scan_options(tmp_path, capsys):
     assert cfg["setup"] == "walnut-2d-sparse-60"
     assert cfg["scan"]["options"]["slice"] == "+3" and cfg["scan"]["options"]["angles"] == 12
     assert cfg["geometry"]["views"] == 12 and cfg["geometry"]["kind"] == "fan"
+
+
+class _Recorder:
+    """A Reporter (structural: no base class needed) that records what reconstruct() tells it."""
+
+    verbose = True  # the methods' own notes go to stderr
+
+    def __init__(self, stop_at: int | None = None):
+        self.events: list[tuple] = []
+        self.stop_at = stop_at
+
+    def on_warning(self, message):
+        self.events.append(("warning", message))
+
+    def on_start(self, method, run_path):
+        self.events.append(("start", method, run_path.name))
+
+    def on_progress(self, iteration, total, metrics):
+        self.events.append(("progress", iteration, total))
+        if iteration == self.stop_at:
+            raise KeyboardInterrupt
+
+    def on_stop(self):
+        self.events.append(("stop",))
+
+    def on_finish(self, result):
+        self.events.append(("finish", result.summary["iterations"], result.already_finished))
+
+
+def _scan_with_warning(scan):
+    from ctdip.core.data.loader import load_scan
+
+    sc = load_scan(scan, print_warnings=False)
+    sc.info["warnings"].append("a test warning")
+    return sc
+
+
+def test_library_call_prints_nothing_and_returns_the_summary(scan, tmp_path, capsys, monkeypatch, one_thread):
+    from ctdip.workflows.reconstruct import reconstruct
+
+    monkeypatch.setenv("CTDIP_ESTIMATE_MIN_S", "0")  # a run that prints would print its duration estimate
+    params = {"iterations": 8, "network": "tiny", "log_every": 4}
+    rs = reconstruct(_scan_with_warning(scan), "vanilla", params, output=tmp_path / "lib")
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == ""
+    saved = json.loads((tmp_path / "lib" / "summary.json").read_text())
+    assert rs.summary["iterations"] == saved["iterations"] == 8 and rs.path == tmp_path / "lib"
+    assert rs.summary["returned"]["psnr"] == pytest.approx(saved["returned"]["psnr"], abs=1e-12)
+    assert rs.warnings == ["a test warning"] and not rs.already_finished
+    assert rs.config["scan"]["info"]["warnings"] == ["a test warning"]  # recorded in config.yaml too
+
+    # the same run through a reporter: every hook in order; verbose lets the method's note through
+    rec = _Recorder()
+    again = reconstruct(_scan_with_warning(scan), "vanilla", params, output=tmp_path / "rep", reporter=rec)
+    assert rec.events == [("warning", "a test warning"), ("start", "vanilla", "rep"),
+                          *[("progress", i, 8) for i in range(1, 9)], ("stop",), ("finish", 8, False)]
+    assert capsys.readouterr().err.startswith("note: estimated")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "rep" / "recon.tif"),
+                                  tifffile.imread(tmp_path / "lib" / "recon.tif"))  # reporting changes no number
+    assert again.summary["returned"] == rs.summary["returned"]
+
+    # resuming a finished run: nothing recomputed, only on_finish
+    rec = _Recorder()
+    done = reconstruct(scan, "vanilla", params, output=tmp_path / "rep", resume=True, reporter=rec)
+    assert done.already_finished and rec.events == [("finish", 8, True)]
+
+
+def test_reporter_is_stopped_when_the_run_is_interrupted(scan, tmp_path, one_thread):
+    from ctdip.workflows.reconstruct import reconstruct
+
+    rec = _Recorder(stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(scan, "vanilla", {"iterations": 8, "network": "tiny"}, output=tmp_path / "cut", reporter=rec)
+    assert rec.events[-2:] == [("progress", 3, 8), ("stop",)]  # the CLI's bar is closed before its message

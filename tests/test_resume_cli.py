@@ -70,3 +70,52 @@ def test_interrupt_names_the_iteration_and_the_resume_command(scan, tmp_path):
     assert lines[0] == (f"interrupted at iteration {it}, checkpoint written; "
                         f"continue with ctdip reconstruct --resume {run}")
     assert it >= 2 and RunFolder(run).file("checkpoint.pt").exists()
+
+
+def test_problem_from_run_is_the_runs_problem(scan, tmp_path):
+    """One reader of how a run read its scan: the Problem rebuilt from config.yaml (what ctdip
+    spectrum analyses) has the run's geometry, data, held-out views and scalings."""
+    import torch
+
+    from ctdip.core.data.loader import load_scan
+    from ctdip.core.problem import Problem
+    from ctdip.workflows.resume import problem_from_run
+    from ctdip.workflows.spectrum import load_subject
+
+    run = tmp_path / "h"
+    assert main(["reconstruct", str(scan), "-m", "vanilla", "--network", "tiny", "-n", "2", "--angles", "12",
+                 "--holdout", "0.25", "--backend", "torch", "-o", str(run), "-q"]) == 0
+    cfg = RunFolder(run).read_config()
+    p = problem_from_run(run)
+    direct = Problem.from_scan(load_scan(scan, angles=12), backend="torch", holdout=0.25)
+    assert p.A.geometry.hash() == cfg["geometry"]["hash"] == direct.A.geometry.hash()
+    assert p.volume.hash() == cfg["volume"]["hash"] and p.A.backend == cfg["backend"] == "torch"
+    assert torch.equal(p.y, direct.y) and torch.equal(p.y_held, direct.y_held) and p.y_held.shape[0] == 3
+    assert p.scalings() == cfg["scalings"]
+    # spectrum's subject is built on the same problem; a scan option given there replaces the recorded one
+    assert load_subject(run).problem.A.geometry.hash() == cfg["geometry"]["hash"]
+    assert problem_from_run(run, scan_options={"angles": 8, "size": None}).A.geometry.n_views == 6
+
+
+def test_resume_settings_restore_the_recorded_ones(scan, tmp_path):
+    from pathlib import Path
+
+    from ctdip.errors import UserError
+    from ctdip.workflows.resume import resume_settings, start_settings
+
+    run = tmp_path / "s"
+    assert main(["reconstruct", str(scan), "-m", "cgls", "-n", "3", "--angles", "10", "--seed", "4",
+                 "--holdout", "0.1", "-o", str(run), "-q"]) == 0
+    s = resume_settings(run)
+    assert (s.method, s.params, s.scan, s.scan_options) == ("cgls", {"iterations": 3}, scan.resolve(), {"angles": 10})
+    assert (s.seed, s.holdout, s.backend, s.output, s.resume) == (4, 0.1, "auto", Path(run), True)
+    assert s.config_extra == {"setup": None, "backend_requested": "auto"}
+    assert resume_settings(run, "cgls", {"iterations": 3}, seed=4).params == {"iterations": 3}  # repeating is fine
+    with pytest.raises(UserError, match=r": --iterations 5: --resume continues"):
+        resume_settings(run, params={"iterations": 5}, named_params=["iterations"])
+    with pytest.raises(UserError, match="does not match the run's method 'cgls'"):
+        resume_settings(run, "fbp")
+    # a new run: the setup's scan options and method params under the command's own
+    n = start_settings(scan, None, {"iterations": 2}, setup="walnut-2d-sparse-60", scan_options={"angles": 12})
+    assert n.scan_options["angles"] == 12 and n.scan_options["slice"] == "+3" and n.method == "fbp"
+    assert n.config_extra == {"setup": "walnut-2d-sparse-60", "backend_requested": "auto"} and not n.resume

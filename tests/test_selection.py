@@ -53,8 +53,7 @@ def test_cv_weight_within_1db_of_the_sweep_best(scan64):
 def test_pdhg_tv_auto_records_its_choice(scan64, tmp_path):
     from ctdip.workflows.reconstruct import reconstruct
 
-    rs = reconstruct(scan64, "pdhg-tv", {"iterations": 40, "cv_grid": "1e-4:0.1:4"}, output=tmp_path / "r",
-                     quiet=True, progress=False)
+    rs = reconstruct(scan64, "pdhg-tv", {"iterations": 40, "cv_grid": "1e-4:0.1:4"}, output=tmp_path / "r")
     ch = rs.summary["result"]["tv_weight_choice"]
     assert ch["folds"] == 5 and ch["iterations"] == 40 and ch["chosen"] == rs.summary["result"]["tv_weight"]
     assert ch["cv_residuals"][ch["weights"].index(ch["chosen"])] == min(ch["cv_residuals"])
@@ -74,8 +73,8 @@ def test_returned_image_does_not_depend_on_the_reference(scan64, tmp_path, metho
     shutil.copytree(scan64, blind)
     (blind / "reference.tif").unlink()
     torch.manual_seed(123)  # the driver seeds everything itself; this must not matter
-    a = reconstruct(scan64, method, dict(params), output=tmp_path / "with", quiet=True, progress=False)
-    b = reconstruct(blind, method, dict(params), output=tmp_path / "without", quiet=True, progress=False)
+    a = reconstruct(scan64, method, dict(params), output=tmp_path / "with")
+    b = reconstruct(blind, method, dict(params), output=tmp_path / "without")
     assert "final" in a.summary and "final" not in b.summary  # the reference was there only in run a
     assert (a.path / "recon.tif").read_bytes() == (b.path / "recon.tif").read_bytes()
     ca, cb = a.summary["result"]["tv_weight_choice"], b.summary["result"]["tv_weight_choice"]

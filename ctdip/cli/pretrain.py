@@ -50,42 +50,31 @@ def resolve_geometry(scan: Optional[Path], geometry: Optional[Path], setup: Opti
 
 
 class _Bar:
-    """Rich progress on stderr: step, samples/s, loss, validation figure."""
+    """Progress on stderr (:class:`ctdip.core.progress.ProgressBar`): step, ETA, samples/s, loss,
+    validation figure; and the one-line duration estimate."""
 
     def __init__(self, total: int, label: str, key: str, fmt: str, quiet: bool):
         from ctdip.core.estimate import StepEstimate
+        from ctdip.core.progress import ProgressBar
 
-        self.quiet, self.key, self.fmt = quiet, key, fmt
+        self.key, self.fmt = key, fmt
         self.last_val: str = "-"
         self.estimate = StepEstimate(f"{label} steps", "step", enabled=not quiet)
-        if quiet:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]} samples/s"), TextColumn("loss {task.fields[loss]}"),
-                                 TextColumn("{task.fields[val]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=False)
-        self.task = self.progress.add_task(label, total=total, rate="-", loss="-", val="")
+        self.bar = ProgressBar(label, total, quiet=quiet, fields={"rate": "- samples/s", "loss": "loss -", "val": ""})
 
     def __enter__(self):
-        if not self.quiet:
-            self.progress.__enter__()
+        self.bar.__enter__()
         return self
 
     def __exit__(self, *a):
-        if not self.quiet:
-            self.progress.__exit__(*a)
+        self.bar.__exit__(*a)
 
     def __call__(self, step: int, total: int, row: dict) -> None:
-        if self.quiet:
-            return
         if row.get(self.key) is not None:
             self.last_val = self.fmt.format(row[self.key])
         loss = row.get("train_loss")
-        self.progress.update(self.task, completed=step, rate=f"{row.get('samples_per_s', 0):.0f}",
-                             loss="-" if loss is None else f"{loss:.3g}", val=self.last_val)
+        self.bar.update(step, rate=f"{row.get('samples_per_s', 0):.0f} samples/s",
+                        loss="loss " + ("-" if loss is None else f"{loss:.3g}"), val=self.last_val)
         self.estimate(step, total)
 
 

@@ -5,8 +5,10 @@ Exit codes: 0 ok, 2 user mistake, 3 time limit reached (checkpoint written), 130
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
@@ -28,11 +30,10 @@ from ctdip.cli._options import (
     method_help,
     parse_set,
 )
-from ctdip.errors import UserError
+from ctdip.core.progress import ProgressBar
 
-# named options that map to method params of the same name (dashes -> underscores)
-METHOD_OPTIONS = ("iterations", "lr", "input", "network", "tv_weight", "weights", "denoiser", "force",
-                  "log_every", "checkpoint_every")
+if TYPE_CHECKING:
+    from ctdip.workflows.reconstruct import RunSummary
 
 
 def register(app: typer.Typer) -> None:
@@ -70,8 +71,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     ) -> None:
         """Reconstruct a scan folder into a run folder (recon.tif, metrics.csv, summary.json, previews)."""
-        from ctdip.core.data.loader import load_setup
-        from ctdip.workflows.reconstruct import reconstruct, resume_settings
+        from ctdip.workflows.reconstruct import reconstruct
+        from ctdip.workflows.resume import resume_settings, start_settings
 
         named = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
                  "weights": None if weights is None else str(weights), "denoiser": denoiser, "force": force,
@@ -80,81 +81,114 @@ def register(app: typer.Typer) -> None:
         params.update(parse_set(set_))
         scan_opts = given({"angles": angles, "bin": bin_, "slice": slice_, "mode": mode, "size": size,
                            "orbit": orbit})
-        extra: dict = {}
+        choice = dict(method=method, params=params, scan_options=scan_opts, output=output, seed=seed,
+                      backend=backend, holdout=holdout, stop_early=stop_early)
         if resume is not None:
-            cfg = resume_settings(resume)
-            if output is not None and Path(output) != Path(resume):
-                raise UserError("--resume continues RUN_DIR in place; do not give a different -o")
-            method_ = method or cfg["method"]
-            if canonical(method_) != cfg["method"]:
-                raise UserError(f"--method {method_} does not match the run's method '{cfg['method']}'", path=resume)
-            refuse_changes(resume, cfg, params, scan_opts, seed)
-            params = {**(cfg.get("overrides") or {}), **params}
-            opts = {**((cfg.get("scan") or {}).get("options") or {}), **scan_opts}
-            scan_path = scan if scan is not None else Path(cfg["scan"]["folder"])
-            seed_ = seed if seed is not None else int(cfg.get("seed", 0))
-            backend_ = backend or cfg.get("backend_requested") or "auto"
-            holdout_ = holdout if holdout is not None else float(cfg.get("holdout", 0.0))
-            stop_early_ = stop_early or bool(cfg.get("stop_early", False))
-            extra["setup"] = cfg.get("setup")
-            out = resume
+            settings = resume_settings(resume, scan=scan, named_params=named, **choice)
         else:
-            if scan is None:
-                raise UserError("missing SCAN folder (or --resume RUN_DIR)")
-            opts = {}
-            method_ = method
-            if setup is not None:
-                st = load_setup(setup)
-                opts.update(st["scan"])
-                params = {**st["params"], **params}
-                method_ = method_ or st.get("method")
-                extra["setup"] = st["name"]
-            opts.update(scan_opts)
-            method_ = method_ or "fbp"
-            scan_path, seed_, backend_ = scan, (0 if seed is None else seed), backend or "auto"
-            holdout_, stop_early_, out = (holdout or 0.0), stop_early, output
-        extra["backend_requested"] = backend_
-        extra["command"] = "ctdip reconstruct"
+            settings = start_settings(scan, setup=setup, **choice)
+        kw = settings.kwargs()
+        kw["config_extra"]["command"] = "ctdip reconstruct"
         try:
-            reconstruct(scan_path, method_, params, out, seed=seed_, device=device or "auto", backend=backend_,
-                        holdout=holdout_, resume=resume is not None, time_limit=time_limit, stop_early=stop_early_,
-                        quiet=quiet, json_out=json_out, config_extra=extra, scan_options=opts)
+            reconstruct(**kw, device=device or "auto", time_limit=time_limit,
+                        reporter=ConsoleReporter(quiet=quiet, json_out=json_out))
         except KeyboardInterrupt as e:
-            interrupted(e, out)
+            interrupted(e, settings.output)
 
 
-def refuse_changes(run: Path, cfg: dict, params: dict, scan_opts: dict, seed: int | None) -> None:
-    """``--resume RUN`` continues RUN with the settings in its config.yaml (that is what makes the
-    result equal to an uninterrupted run). An option that would change one of them -- a method
-    parameter (``-n``, ``--lr``, ``--set``...), a scan option or ``--seed`` -- is a UserError."""
-    from ctdip.methods import get_method
-    from ctdip.methods.params import current_name, recorded_params
+class ConsoleReporter:
+    """What ``ctdip reconstruct`` shows (a :class:`ctdip.workflows.reconstruct.Reporter`): the
+    scan's warnings (always), a progress bar on a terminal (iterations, ETA, loss, PSNR; not with
+    ``--quiet``/``--json``), then the summary on stdout, or summary.json with ``--json``, or
+    nothing with ``--quiet``; the methods' own notes unless ``--quiet``."""
 
-    # compared under the parameters' current names (the run or the command may use old ones)
-    recorded = recorded_params(cfg["method"], {**(cfg.get("overrides") or {}), **(cfg.get("params") or {})})
-    rec_scan = (cfg.get("scan") or {}).get("options") or {}
-    current = {k: current_name(k, get_method(cfg["method"]).param_aliases) for k in params}
-    changes = [(f"--{k.replace('_', '-')}" if k in METHOD_OPTIONS else f"--set {k}", v, k, recorded[current[k]])
-               for k, v in params.items() if current[k] in recorded and not _same(v, recorded[current[k]])]
-    changes += [(f"--{k}", v, k, rec_scan.get(k)) for k, v in scan_opts.items() if not _same(v, rec_scan.get(k))]
-    if seed is not None and int(seed) != int(cfg.get("seed", 0)):
-        changes.append(("--seed", seed, "seed", cfg.get("seed", 0)))
-    if changes:
-        flag, new, key, old = changes[0]
-        raise UserError(f"{flag} {new}: --resume continues the run with its recorded settings ({key} = {old}); "
-                        "start a new run with -o to change them", path=run)
+    def __init__(self, quiet: bool = False, json_out: bool = False):
+        self.quiet, self.json_out = quiet, json_out
+        self.verbose = not quiet
+        self.bar: ProgressBar | None = None
+
+    def on_warning(self, message: str) -> None:
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
+
+    def on_start(self, method: str, run_path: Path) -> None:
+        self.bar = ProgressBar(method, quiet=self.quiet or self.json_out, fields={"info": ""})
+        self.bar.__enter__()
+
+    def on_progress(self, iteration: int, total: int, metrics: dict) -> None:
+        if self.bar is None or not self.bar.shown:
+            return
+        info = []
+        if isinstance(metrics.get("loss"), (int, float)):
+            info.append(f"loss {metrics['loss']:.3e}")
+        if isinstance(metrics.get("psnr"), (int, float)):
+            info.append(f"PSNR {metrics['psnr']:.2f} dB")
+        self.bar.update(iteration, total, info="  ".join(info))
+
+    def on_stop(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_finish(self, result: RunSummary) -> None:
+        from ctdip.dip.runs import RunFolder
+
+        run = RunFolder(result.path)
+        if self.json_out:
+            sys.stdout.write(json.dumps(run.read_summary(), indent=2) + "\n")
+            sys.stdout.flush()
+        elif self.quiet:
+            return
+        elif result.already_finished:
+            sys.stderr.write(f"note: {result.path} is finished ({result.summary.get('iterations')} iteration(s)); "
+                             f"nothing to resume. Its numbers: {run.file('summary.json')}\n")
+            sys.stderr.flush()
+        else:
+            print_summary(result)
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
-    return str(a) == str(b)
+def print_summary(rs: RunSummary) -> None:
+    """A short rich summary on stdout (plain text when stdout is not a terminal)."""
+    from rich.console import Console
+
+    s = rs.summary
+    con = Console(highlight=False)
+    line = f"[bold]{s['method']}[/bold] on {s.get('dataset', '')}: {s.get('iterations')} iteration(s) in " \
+           f"{s['wall_time_s']:.1f} s"
+    con.print(line)
+    for line in number_lines(s):
+        con.print("  " + line)
+    choice = (s.get("result") or {}).get("tv_weight_choice")
+    if choice:
+        from ctdip.methods.selection import choice_text
+
+        con.print(f"  choice: {choice_text(choice)}")
+    con.print(f"  recon:   {rs.recon_path}")
+    con.print(f"  preview: {rs.preview_path}")
+
+
+def number_lines(s: dict) -> list[str]:
+    """The summary's numbers as printed (same names as summary.json and ``ctdip evaluate``)."""
+    out: list[str] = []
+    if "returned" not in s:
+        return out
+    r = s["returned"]
+    out.append(f"returned  PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  (recon.tif)")
+    if (s.get("iterations") or 1) > 1:
+        f = s["final"]
+        ssim = f"  SSIM {f['ssim']:.4f}" if f.get("ssim") is not None else ""
+        out.append(f"final     PSNR {f['psnr']:.2f} dB{ssim}  (last logged iterate, iteration {f['iter']})")
+        if "peak" in s:
+            out.append(f"peak      PSNR {s['peak']['psnr']:.2f} dB at iteration {s['peak']['iter']}  (best logged iterate)")
+    if s.get("early_stop", {}).get("psnr") is not None:
+        es = s["early_stop"]
+        out.append(f"early stop PSNR {es['psnr']:.2f} dB at iteration {es['iter']}  (recon_es.tif)")
+    if "fbp" in s:
+        out.append(f"(initial Ram-Lak FBP/FDK: PSNR {s['fbp']['psnr']:.2f} dB)")
+    return out
 
 
 def interrupted(e: KeyboardInterrupt, out: Optional[Path]) -> None:
     """SIGINT/SIGTERM: one line naming the checkpoint and the command that continues, exit 130."""
-    import sys
-
     it, run = getattr(e, "iteration", None), getattr(e, "run_path", None) or out
     resume = f"continue with ctdip reconstruct --resume {run}" if run is not None else "rerun the command"
     if it is not None:
@@ -164,8 +198,3 @@ def interrupted(e: KeyboardInterrupt, out: Optional[Path]) -> None:
     sys.stderr.flush()
     raise typer.Exit(130)
 
-
-def canonical(name: str) -> str:
-    from ctdip.workflows.reconstruct import canonical_method
-
-    return canonical_method(name)

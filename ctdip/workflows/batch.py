@@ -248,10 +248,10 @@ def run_specimen(scan: str, run_dir: str, method: str, params: dict | None = Non
                 import torch
 
                 torch.set_num_threads(int(threads))
-            from ctdip.workflows.reconstruct import reconstruct
+            from ctdip.workflows.reconstruct import StderrWarnings, reconstruct
 
             summary = reconstruct(str(scan), method, params=dict(params or {}), output=str(run_dir), resume=resume,
-                                  quiet=True, **_driver_kwargs(scan_options, options))
+                                  reporter=StderrWarnings(), **_driver_kwargs(scan_options, options))
             return {"ok": True, "summary": _plain_summary(summary)}
     except KeyboardInterrupt as e:
         signum = latch.signum = latch.signum or signal_from_message(str(e))

@@ -9,12 +9,16 @@
 2. builds the :class:`~ctdip.core.problem.Problem` (operator, scaled data, FBP/FDK, reference);
 3. creates the run folder (default ``runs/<timestamp>_<method>_<dataset>``; with ``resume`` the
    existing folder, whose ``config.yaml`` restores method, parameters, seed and scan options via
-   :func:`resume_settings`) and writes ``config.yaml``;
-4. calls ``method.run(problem, RunContext(...))`` (a DIP method seeds torch/numpy/random) with a rich
-   progress bar on a terminal (nothing when stderr is not a TTY, or with ``quiet``);
+   :func:`ctdip.workflows.resume.resume_settings`) and writes ``config.yaml``;
+4. calls ``method.run(problem, RunContext(...))`` (a DIP method seeds torch/numpy/random);
 5. writes ``recon.tif`` (``problem.unscale``; voxel size in the ImageJ metadata; ASTRA's (z, y, x)
    volume orientation), ``recon_<name>.tif`` for each of ``result.extras`` (``best`` only with a
    reference), ``summary.json``, ``preview.png`` and ``psnr.png``.
+
+It prints nothing: what happens is told to a :class:`Reporter` (the scan's warnings, each
+iteration, the end) and returned as a :class:`RunSummary`. The default reporter is silent and
+keeps the methods' own notes quiet; ``ctdip reconstruct`` passes one that draws the progress bar
+and prints the summary (``ctdip.cli.reconstruct``).
 
 :class:`~ctdip.errors.TimeLimitReached` and ``KeyboardInterrupt`` raised by a method propagate
 (the method has written its checkpoint; the CLI exits 3 / 130).
@@ -22,13 +26,12 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,6 +47,8 @@ class RunSummary:
     path: Path
     summary: dict
     config: dict = field(default_factory=dict)
+    already_finished: bool = False  # ``resume`` of a finished run: nothing was recomputed
+    warnings: list[str] = field(default_factory=list)  # the scan's warnings (also in config.yaml)
 
     @property
     def recon_path(self) -> Path:
@@ -111,81 +116,6 @@ def versions() -> dict:
     except Exception:  # pragma: no cover - astra is a dependency, but keep configs writable
         out["astra"] = None
     return out
-
-
-def resume_settings(run_dir: str | Path) -> dict:
-    """What ``--resume RUN`` restores from the run's ``config.yaml``: method, overrides, seed,
-    scan folder and options, backend, holdout."""
-    from ctdip.dip.runs import RunFolder
-
-    run = RunFolder(run_dir)
-    p = run.file("config.yaml")
-    if not run.path.is_dir():
-        raise UserError("run folder to resume not found", path=run.path)
-    if not p.is_file():
-        raise UserError("not a run folder (no config.yaml)", path=run.path)
-    from ctdip.core.io import read_yaml
-
-    cfg = read_yaml(p)
-    for key in ("method", "scan"):
-        if key not in cfg:
-            raise UserError(f"config.yaml has no '{key}'", path=p)
-    return cfg
-
-
-class _Progress:
-    """A rich progress bar on stderr (iterations, loss, PSNR), or nothing."""
-
-    def __init__(self, enabled: bool, description: str):
-        self.enabled = enabled
-        self.description = description
-        self._p = None
-        self._task = None
-        self._last = 0.0
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                               console=Console(stderr=True), transient=False)
-            self._p.__enter__()
-            self._task = self._p.add_task(self.description, total=None, info="")
-        return self
-
-    def __call__(self, it: int, total: int, metrics: dict) -> None:
-        if self._p is None:
-            return
-        now = time.perf_counter()
-        if it < total and now - self._last < 0.1:
-            return
-        self._last = now
-        info = []
-        if isinstance(metrics.get("loss"), (int, float)):
-            info.append(f"loss {metrics['loss']:.3e}")
-        if isinstance(metrics.get("psnr"), (int, float)):
-            info.append(f"PSNR {metrics['psnr']:.2f} dB")
-        self._p.update(self._task, completed=it, total=total, info="  ".join(info))
-
-    def __exit__(self, *exc) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-
-def _stderr_is_tty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _as_np(t) -> np.ndarray:
@@ -296,6 +226,48 @@ class _FailedStartCleanup:
         return False
 
 
+class Reporter(Protocol):
+    """What :func:`reconstruct` tells its caller while it runs (``ctdip reconstruct`` prints
+    through one; :class:`SilentReporter` is the default). Every hook defaults to doing nothing.
+
+    Order: ``on_warning`` for each of the scan's warnings (after the checks, before the run folder
+    is written), ``on_start`` before the first iteration, ``on_progress`` after iterations,
+    ``on_stop`` when the method returns or raises (always, after ``on_start``), ``on_finish`` with
+    the result once the files are written (also for ``resume`` of a finished run, without the others).
+    """
+
+    #: let the methods write their own notes and warnings to stderr (``RunContext.quiet = not verbose``)
+    verbose: bool = False
+
+    def on_warning(self, message: str) -> None:
+        """A problem with the input that does not stop the run (one line, no ``warning:`` prefix)."""
+
+    def on_start(self, method: str, run_path: Path) -> None:
+        """The method ``method`` starts iterating into ``run_path``."""
+
+    def on_progress(self, iteration: int, total: int, metrics: dict) -> None:
+        """Iteration ``iteration`` of ``total`` done; ``metrics`` is its metrics row (may be empty)."""
+
+    def on_stop(self) -> None:
+        """The method returned or raised."""
+
+    def on_finish(self, result: RunSummary) -> None:
+        """The run is complete: ``result`` is what :func:`reconstruct` returns."""
+
+
+class SilentReporter(Reporter):
+    """Tells nothing to anyone, and keeps the methods' own notes quiet."""
+
+
+class StderrWarnings(SilentReporter):
+    """Silent but for the scan's warnings, one ``warning: ...`` line each on stderr (what a
+    ``ctdip batch`` worker shows)."""
+
+    def on_warning(self, message: str) -> None:
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
+
+
 def reconstruct(*args, **kwargs) -> RunSummary:
     """Run ``method`` on ``scan`` (a :class:`~ctdip.core.data.Scan` or a scan folder, read with
     ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring).
@@ -308,11 +280,12 @@ def reconstruct(*args, **kwargs) -> RunSummary:
 def _reconstruct(scan, method: str, params: dict | None = None, output: str | Path | None = None, *,
                 seed: int = 0, device: str = "auto", backend: str = "auto", holdout: float = 0.0,
                 resume: bool = False, time_limit: float | str | None = None, stop_early: bool = False,
-                quiet: bool = False, progress: bool = True, json_out: bool = False,
-                config_extra: dict | None = None, scan_options: dict | None = None,
-                runs_root: str | Path = "runs", _guard: "_FailedStartCleanup | None" = None) -> RunSummary:
+                reporter: Reporter | None = None, config_extra: dict | None = None,
+                scan_options: dict | None = None, runs_root: str | Path = "runs",
+                _guard: "_FailedStartCleanup | None" = None) -> RunSummary:
     """Run ``method`` on ``scan`` (a :class:`~ctdip.core.data.Scan` or a scan folder, read with
-    ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring)."""
+    ``scan_options``) into a run folder; returns its :class:`RunSummary` (module docstring).
+    ``reporter`` (default: :class:`SilentReporter`) is told what happens."""
 
     from ctdip.core.data import Scan
     from ctdip.core.problem import Problem
@@ -320,6 +293,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     from ctdip.dip.runs import RunFolder, default_run_dir
 
     t_start = time.perf_counter()
+    reporter = reporter or SilentReporter()
     name, cls, preset, overrides, m, resolved = resolve_method(method, params)
     sources = {**preset["sources"], **dict(getattr(m, "sources", {}) or {})}
     holdout = FRACTION(holdout, "--holdout")
@@ -330,7 +304,9 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
         raise UserError("--resume needs the run folder")
     if resume and RunFolder(output).is_finished():
         RunFolder(output).clean_stale_temporaries()  # e.g. a checkpoint write killed after the end
-        return finished_run(Path(output), quiet=quiet, json_out=json_out)
+        out = finished_run(Path(output))
+        reporter.on_finish(out)
+        return out
     if output is not None:
         _check_run_folder(Path(output), resume)
     if not isinstance(scan, Scan):
@@ -346,8 +322,9 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     problem = Problem.from_scan(scan, backend=backend, device=dev, holdout=float(holdout))
     geom = problem.A.geometry
     m.preflight(problem)  # network, weights, denoiser: fail before the run folder exists
-    for w in (scan.info or {}).get("warnings", []):  # after the checks: a failed start prints one line
-        sys.stderr.write(f"warning: {w}\n")
+    warnings = list((scan.info or {}).get("warnings", []))
+    for w in warnings:  # after the checks: a failed start prints one line
+        reporter.on_warning(w)
 
     if _guard is not None:
         _guard.arm(run_path, resume)  # from here on, a failed start removes what it wrote
@@ -375,11 +352,13 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
             run.write_metrics([])  # classical methods rerun from scratch
     run.write_config(config)
 
-    show = progress and not quiet and not json_out and _stderr_is_tty()
-    with _Progress(show, f"{name}") as bar:
-        ctx = RunContext(run=run, seed=int(seed), resume=bool(resume), quiet=bool(quiet), progress=bar,
-                         time_limit_s=limit_s, stop_early=bool(stop_early))
+    reporter.on_start(name, run_path)
+    try:
+        ctx = RunContext(run=run, seed=int(seed), resume=bool(resume), quiet=not reporter.verbose,
+                         progress=reporter.on_progress, time_limit_s=limit_s, stop_early=bool(stop_early))
         result = m.run(problem, ctx)  # a DIP method seeds the generators (dip.context.seed_everything)
+    finally:
+        reporter.on_stop()
 
     vox = problem.volume.voxel_mm
     recon_np = _as_np(problem.unscale(result.recon)).reshape(problem.volume.shape)
@@ -413,69 +392,14 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
         marks["early stop"] = (summary["early_stop"]["iter"], summary["early_stop"]["psnr"])
     plots.psnr_curve(run.file("psnr.png"), rows, title=f"{name} on {dataset}", marks=marks)
 
-    out = RunSummary(path=run_path, summary=summary, config=config)
-    if json_out:
-        sys.stdout.write(json.dumps(run.read_summary(), indent=2) + "\n")
-        sys.stdout.flush()
-    elif not quiet:
-        print_summary(out)
+    out = RunSummary(path=run_path, summary=summary, config=config, warnings=warnings)
+    reporter.on_finish(out)
     return out
 
 
-def finished_run(path: Path, *, quiet: bool = False, json_out: bool = False) -> RunSummary:
-    """``--resume`` of a run that already finished: nothing is recomputed; a note names its
-    summary (``--json`` prints it)."""
+def finished_run(path: Path) -> RunSummary:
+    """``--resume`` of a run that already finished: nothing is recomputed."""
     from ctdip.dip.runs import RunFolder
 
     run = RunFolder(path)
-    summary = run.read_summary()
-    out = RunSummary(path=path, summary=summary, config=run.read_config())
-    if json_out:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-        sys.stdout.flush()
-    elif not quiet:
-        sys.stderr.write(f"note: {path} is finished ({summary.get('iterations')} iteration(s)); nothing to resume. "
-                         f"Its numbers: {run.file('summary.json')}\n")
-        sys.stderr.flush()
-    return out
-
-
-def print_summary(rs: RunSummary) -> None:
-    """A short rich summary on stdout (plain text when stdout is not a terminal)."""
-    from rich.console import Console
-
-    s = rs.summary
-    con = Console(highlight=False)
-    line = f"[bold]{s['method']}[/bold] on {s.get('dataset', '')}: {s.get('iterations')} iteration(s) in " \
-           f"{s['wall_time_s']:.1f} s"
-    con.print(line)
-    for line in number_lines(s):
-        con.print("  " + line)
-    choice = (s.get("result") or {}).get("tv_weight_choice")
-    if choice:
-        from ctdip.methods.selection import choice_text
-
-        con.print(f"  choice: {choice_text(choice)}")
-    con.print(f"  recon:   {rs.recon_path}")
-    con.print(f"  preview: {rs.preview_path}")
-
-
-def number_lines(s: dict) -> list[str]:
-    """The summary's numbers as printed (same names as summary.json and ``ctdip evaluate``)."""
-    out: list[str] = []
-    if "returned" not in s:
-        return out
-    r = s["returned"]
-    out.append(f"returned  PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  (recon.tif)")
-    if (s.get("iterations") or 1) > 1:
-        f = s["final"]
-        ssim = f"  SSIM {f['ssim']:.4f}" if f.get("ssim") is not None else ""
-        out.append(f"final     PSNR {f['psnr']:.2f} dB{ssim}  (last logged iterate, iteration {f['iter']})")
-        if "peak" in s:
-            out.append(f"peak      PSNR {s['peak']['psnr']:.2f} dB at iteration {s['peak']['iter']}  (best logged iterate)")
-    if s.get("early_stop", {}).get("psnr") is not None:
-        es = s["early_stop"]
-        out.append(f"early stop PSNR {es['psnr']:.2f} dB at iteration {es['iter']}  (recon_es.tif)")
-    if "fbp" in s:
-        out.append(f"(initial Ram-Lak FBP/FDK: PSNR {s['fbp']['psnr']:.2f} dB)")
-    return out
+    return RunSummary(path=path, summary=run.read_summary(), config=run.read_config(), already_finished=True)

@@ -107,15 +107,11 @@ def check_supported(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel
 
 
 def _progress(total: int, label: str, progress: bool | None):
-    """A rich progress bar on stderr (shown on a terminal unless ``progress`` says otherwise)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    """The matrix build's bar (:class:`ctdip.core.progress.ProgressBar`): on a terminal, unless
+    ``progress`` is False."""
+    from ctdip.core.progress import ProgressBar
 
-    console = Console(stderr=True)
-    show = console.is_terminal if progress is None else progress
-    bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total} views"),
-                   TimeElapsedColumn(), console=console, disable=not show, transient=True)
-    return bar, bar.add_task("matrix", total=total)
+    return ProgressBar(label, total, unit="views", quiet=progress is False, transient=True)
 
 
 def _flip_rows(M: sp.csr_matrix, ny: int, nx: int) -> sp.csr_matrix:
@@ -140,7 +136,7 @@ def build_matrix(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: s
     chunk = max(1, min(n, 2_000_000 // max(1, geometry.det_shape[1] * max(ny, nx) * 2)))
     starts = list(range(0, n, chunk))
     parts = []
-    bar, task = _progress(n, "building system matrix", progress)
+    bar = _progress(n, "building system matrix", progress)
     with bar:
         for s in starts:
             sub = geometry.select(np.arange(s, min(s + chunk, n)))
@@ -153,7 +149,7 @@ def build_matrix(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: s
                 if mid is not None:
                     astra.matrix.delete(mid)
                 astra.projector.delete(pid)
-            bar.advance(task, sub.n_views)
+            bar.advance(sub.n_views)
     M = sp.vstack(parts, format="csr").astype(np.float32)
     M.indices = M.indices.astype(np.int32)
     M.indptr = M.indptr.astype(np.int64 if M.nnz >= 2**31 else np.int32)
@@ -261,12 +257,12 @@ def build_march_matrix(geometry: ProjectionGeometry, volume: VolumeGeometry, ker
     op = _marcher(geometry, volume, kernel)
     n = geometry.n_views
     parts = []
-    bar, task = _progress(n, f"building system matrix ({kernel})", progress)
+    bar = _progress(n, f"building system matrix ({kernel})", progress)
     with torch.no_grad(), _one_thread(), bar:
         for i in range(n):
             for block in _ray_blocks(op, slice(i, i + 1)):
                 parts.append(_march_rows(op, volume, *block).astype(np.float32))
-            bar.advance(task, 1)
+            bar.advance(1)
     M = sp.vstack(parts, format="csr")
     M.indices = M.indices.astype(np.int32)
     M.indptr = M.indptr.astype(np.int64 if M.nnz >= 2**31 else np.int32)
