@@ -63,7 +63,7 @@ COMMON_SOURCES = {
     "es_patience": "tuned here (Wang et al. 2021 use P of the order of the window to 1000)",
     "ema_decay": "Liang et al. 2025 (self-guided DIP) output EMA",
     "lr_schedule": "constant (cosine: decay to 5 % of lr, ctdip.dip.engine.lr_factor)",
-    "network": "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)",
+    "network": "light preset: paper layout with 32 channels (presets/networks/light.yaml)",
     "view_batch": "0 = every view each step; K = a random subset of K views per step (handbook §5.3, ctdip/methods/_view_subsets.py)",
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
