@@ -83,6 +83,12 @@ def parse_mem_gb(spec: str | int | float | None) -> float | None:
         raise UserError(f"--mem '{spec}' is not a memory size (e.g. 16G, 4000M)") from None
 
 
+def _at_least(value: int, least: int, option: str) -> int:
+    if value < least:
+        raise UserError(f"{option} must be >= {least}, got {value}")
+    return int(value)
+
+
 def slurm_parameters(opts: SlurmOptions, job_name: str) -> dict:
     """submitit ``AutoExecutor.update_parameters`` keywords for ``opts``."""
     p: dict[str, Any] = {"name": job_name, "nodes": 1, "tasks_per_node": 1}
@@ -90,9 +96,7 @@ def slurm_parameters(opts: SlurmOptions, job_name: str) -> dict:
     if t is not None:
         p["timeout_min"] = t
     if opts.gpus is not None:
-        if opts.gpus < 0:
-            raise UserError(f"--gpus must be >= 0, got {opts.gpus}")
-        p["gpus_per_node"] = int(opts.gpus)
+        p["gpus_per_node"] = _at_least(opts.gpus, 0, "--gpus")
     m = parse_mem_gb(opts.mem)
     if m is not None:
         if m <= 0:
@@ -102,15 +106,11 @@ def slurm_parameters(opts: SlurmOptions, job_name: str) -> dict:
         else:  # submitit's mem_gb is whole GB; give Slurm megabytes instead
             p["slurm_mem"] = f"{int(round(m * 1024))}M"
     if opts.cpus is not None:
-        if opts.cpus < 1:
-            raise UserError(f"--cpus must be >= 1, got {opts.cpus}")
-        p["cpus_per_task"] = int(opts.cpus)
+        p["cpus_per_task"] = _at_least(opts.cpus, 1, "--cpus")
     if opts.partition:
         p["slurm_partition"] = opts.partition
     if opts.array_parallelism is not None:
-        if opts.array_parallelism < 1:
-            raise UserError(f"--array-parallelism must be >= 1, got {opts.array_parallelism}")
-        p["slurm_array_parallelism"] = int(opts.array_parallelism)
+        p["slurm_array_parallelism"] = _at_least(opts.array_parallelism, 1, "--array-parallelism")
     if opts.account:
         p["slurm_account"] = opts.account
     if opts.qos:
