@@ -13,6 +13,7 @@ from typing import Any
 
 from ctdip.errors import UserError
 from ctdip.workflows.batch.plan import Specimen, apply_result
+from ctdip.workflows.batch.signals import StopControl
 from ctdip.workflows.batch.table import Progress
 from ctdip.workflows.batch.worker import run_specimen
 
@@ -139,8 +140,9 @@ def make_executor(folder: str | Path, cluster: str, opts: SlurmOptions, job_name
     return ex
 
 
-def run_submitit(todo, method, params, scan_options, options, cluster, slurm_opts, folder, prog: Progress,
-                  wait: bool, poll_s: float, stop) -> list:
+def run_submitit(todo: list[Specimen], method: str, params: dict | None, scan_options: dict | None, options: dict,
+                 cluster: str, slurm_opts: SlurmOptions, folder: Path, prog: Progress, wait: bool, poll_s: float,
+                 stop: StopControl) -> list:
     """Submit ``todo`` as one array and follow it. A SIGINT/SIGTERM stops following (the Slurm
     jobs keep running; the same command later follows them again); a debug job interrupted by
     the signal stops the ones after it."""
