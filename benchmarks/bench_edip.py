@@ -92,7 +92,7 @@ def write_markdown(R: dict, args, path: Path) -> None:
          f"{args.views} views, Gaussian noise {args.noise:g} × mean|Ax|, matrix backend, seed 0, "
          f"{args.threads} CPU thread(s) on a shared 2-core machine (wall times are indicative, other jobs ran "
          f"concurrently). Network `{args.network}` for every DIP run, {args.iterations} iterations, PSNR logged "
-         "every 10 iterations against the phantom. Method parameters from `ctdip/presets/methods/*.yaml`.", ""]
+         "every 10 iterations against the phantom. Method parameters from `presets/methods/*.yaml`.", ""]
     pt = R.get("pretrain")
     if pt:
         L += ["## Pretraining (ellipses for this geometry)", "",

@@ -112,7 +112,7 @@ def write_markdown(results: dict, args, path: Path) -> None:
              f"seed 0, one CPU thread per run on a shared 2-core machine (wall times are indicative). "
              f"Network: `{args.network}` preset, {args.iterations} iterations per DIP method "
              "(aseq: the same number of network updates, N = 2 per block), other parameters from "
-             "`ctdip/presets/methods/*.yaml` unless listed. PSNR in dB against the phantom "
+             "`presets/methods/*.yaml` unless listed. PSNR in dB against the phantom "
              "(data range of the phantom). ES = the ES-WMV pick (W = 100); returned = the method's "
              "recon.tif (EMA for self-guided, z_K for aseq, min-loss iterate for edip).", ""]
     for views in args.views:

@@ -286,7 +286,7 @@ def test_ctrl_c_while_following_slurm_jobs(specimens, tmp_path, monkeypatch, run
     import json
     import signal
 
-    import ctdip.workflows.batch as batch
+    import ctdip.workflows.batch.slurm as batch_slurm
 
     monkeypatch.setenv("PATH", f"{_fake_slurm_bin(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     calls = []
@@ -297,7 +297,7 @@ def test_ctrl_c_while_following_slurm_jobs(specimens, tmp_path, monkeypatch, run
             os.kill(os.getpid(), signal.SIGINT)
         return False
 
-    monkeypatch.setattr(batch, "_touched_since", touched_then_ctrl_c)
+    monkeypatch.setattr(batch_slurm, "_touched_since", touched_then_ctrl_c)
     out = tmp_path / "runs"
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when started in the background
     code = run_cli("batch", specimens / "s0", specimens / "s1", "--method", "fbp", "--executor", "slurm", "-o", out)
@@ -316,8 +316,7 @@ def test_pool_replaces_a_worker_that_dies(specimens, tmp_path):
     import multiprocessing as mp
     import signal
 
-    from ctdip.workflows.batch import Specimen, specimen_line
-    from ctdip.workflows.batch_local import StopControl, run_pool
+    from ctdip.workflows.batch import Specimen, StopControl, run_pool, specimen_line
 
     results, started = {}, []
 

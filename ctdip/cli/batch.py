@@ -57,8 +57,7 @@ def register(app: typer.Typer) -> None:
         skipped, interrupted ones resumed; a live progress table; exit code 1 listing the failures,
         130/143 after Ctrl-C/SIGTERM (running specimens checkpoint; the same command continues)."""
         from ctdip.errors import UserError
-        from ctdip.workflows.batch import SlurmOptions, failure_lines, run_batch, specimen_line
-        from ctdip.workflows.batch_local import signal_name
+        from ctdip.workflows.batch import SlurmOptions, failure_lines, run_batch, signal_name, specimen_line
         from ctdip.workflows.evaluate import format_rows, rich_table
 
         if executor not in ("local", "slurm"):

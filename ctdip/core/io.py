@@ -242,8 +242,14 @@ def cache_dir() -> Path:
 
 
 def preset_dir(kind: str) -> Path:
-    """The folder of the shipped presets of one kind: ``methods``, ``networks`` or ``setups``."""
-    return Path(__file__).resolve().parent.parent / "presets" / kind
+    """The folder of the shipped presets of one kind: ``methods``, ``networks`` or ``setups``.
+
+    They live at the repository's top level, ``presets/<kind>/`` beside ``ctdip/`` (a source checkout,
+    ``pip install -e .``); a wheel installs them as the package data ``ctdip/presets/<kind>/``
+    (``package-dir`` in pyproject.toml maps the one to the other)."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "presets" / kind
+    return installed if installed.is_dir() else package.parent / "presets" / kind
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 #: options of every DIP method's network and input: ``name: (default, source or None)``; the
 #: engine's options are declared in :class:`ctdip.dip.engine.EngineConfig`
 MODEL_OPTIONS: dict[str, tuple[Any, str | None]] = {
-    "network": ("light", "light preset: paper layout with 32 channels (ctdip/presets/networks/light.yaml)"),
+    "network": ("light", "light preset: paper layout with 32 channels (presets/networks/light.yaml)"),
     "input": ("noise", None),
     "input_std": (0.1, "Baguer et al. 2020 (dival DIP reconstructor): z = 0.1 N(0, 1)"),
     "z_lr": (None, None),

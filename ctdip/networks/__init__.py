@@ -7,7 +7,7 @@ An ``arch`` is plain data (it goes into checkpoints and weight files)::
 
 ``build_network(arch)`` looks ``arch["name"]`` up in :data:`NETWORKS` ("module:Class", imported
 lazily) and calls the class with the remaining keys. ``network_preset(name_or_path, dim)`` reads
-``ctdip/presets/networks/<name>.yaml`` (or a user YAML file) and returns an ``arch``.
+``presets/networks/<name>.yaml`` (or a user YAML file) and returns an ``arch``.
 
 Presets: ``paper`` (6 scales x 128 channels, skips [0,0,0,0,4,4]; handbook / EDIP), ``light``
 (the CPU default, 5 scales), ``tiny`` (tests), ``3d`` (EDIP's 3D walnut U-Net: 3 scales, no skips),

@@ -5,7 +5,8 @@ The parent process decides what starts. It spawns ``J`` workers (``multiprocessi
 pipe, then receives one task at a time, runs it and sends the result back. The parent sends the
 next specimen only to an idle worker and only while no stop signal has arrived.
 
-Signals (:class:`StopControl` in the parent, :class:`SignalLatch` in a worker):
+Signals (:class:`~ctdip.workflows.batch.signals.StopControl` in the parent,
+:class:`~ctdip.workflows.batch.signals.SignalLatch` in a worker):
 
 * the **first** SIGINT or SIGTERM to the parent stops the queue (nothing new starts) and is
   forwarded to every busy worker. A worker's DIP run checkpoints at the end of its current
@@ -26,95 +27,68 @@ SIGKILL); the worker then checkpoints and exits (its result pipe is closed), or 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from ctdip.workflows.batch.plan import Specimen, apply_result
+from ctdip.workflows.batch.signals import SIGNALS, StopControl, in_main_thread, send_signal, signal_name
+from ctdip.workflows.batch.table import Progress
+from ctdip.workflows.batch.worker import checkpoint_iteration, run_specimen
+
 ORPHAN_GRACE_S = 120.0  # an orphaned worker that does not stop on SIGTERM is ended after this
 WATCHDOG_PERIOD_S = 1.0
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-def signal_name(signum: int | None) -> str:
+def cpu_count() -> int:
+    """CPUs this process may use (affinity-aware)."""
     try:
-        return signal.Signals(signum).name
-    except (TypeError, ValueError):
-        return f"signal {signum}"
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
 
 
-def signal_from_message(text: str, default: int = signal.SIGINT) -> int:
-    """The signal number in the engine's interrupt message (``"signal 15: checkpoint ..."``)."""
-    m = re.match(r"\s*signal (\d+)", str(text))
-    return int(m.group(1)) if m else int(default)
+def default_jobs(n_specimens: int, cores: int | None = None) -> int:
+    """``min(specimens, max(1, cores // 4))``: a few threads per job, all cores busy."""
+    cores = cores or cpu_count()
+    return max(1, min(n_specimens, max(1, cores // 4)))
 
 
-# --------------------------------------------------------------------------------------------------
-# parent side
-# --------------------------------------------------------------------------------------------------
-class StopControl:
-    """SIGINT/SIGTERM handler of the batch parent (main thread only; a no-op elsewhere).
+def run_local(todo: list[Specimen], method: str, params: dict | None, scan_options: dict | None, options: dict,
+              jobs: int | None, prog: Progress, poll_s: float, stop: StopControl) -> None:
+    """Run ``todo`` on ``min(jobs or default_jobs, len(todo))`` workers of ``cores // jobs`` torch
+    threads each, updating the specimens' states; specimens a stop left in the queue end
+    ``not_started``."""
+    if not todo:
+        return
+    n_jobs = min(int(jobs) if jobs else default_jobs(len(todo)), len(todo))
+    threads = max(1, cpu_count() // n_jobs)
+    for s in todo:
+        s.resume = s.state == "resume"
+        s.state = "queued"
+    prog.update()
 
-    The first signal sets :attr:`signum` and calls every ``on_first(signum)`` hook; the second
-    calls every ``on_second()`` hook; later ones are ignored. Hooks run inside the handler, so
-    they must be quick (``os.kill``).
-    """
+    def task(s: Specimen) -> dict:
+        return {"scan": str(s.scan.resolve()), "run_dir": str(s.run_dir), "method": method, "params": params,
+                "scan_options": scan_options, "options": options, "threads": threads, "resume": s.resume}
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.count = 0
-        self.on_first: list[Callable[[int], None]] = []
-        self.on_second: list[Callable[[], None]] = []
-        self._old: dict = {}
+    def started(s: Specimen) -> None:
+        s.state, s.started = "running", time.time()
 
-    def _handler(self, signum, frame) -> None:
-        self.count += 1
-        if self.count == 1:
-            self.signum = signum
-            for f in list(self.on_first):
-                f(signum)
-        elif self.count == 2:
-            for f in list(self.on_second):
-                f()
+    def finished(s: Specimen, res: dict) -> None:
+        if res.get("killed") and res.get("iteration") is None:  # no time to ask it; read its last checkpoint
+            res = {**res, "iteration": checkpoint_iteration(s.run_dir)}
+        apply_result(s, res)
 
-    def request(self, signum: int) -> None:
-        """Record a stop that a worker saw first (in-process executors)."""
-        if self.signum is None:
-            self.signum, self.count = int(signum), max(self.count, 1)
-
-    @property
-    def stopped(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def killed(self) -> bool:
-        return self.count >= 2
-
-    def __enter__(self) -> "StopControl":
-        if _in_main_thread():
-            for s in SIGNALS:
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old = {}
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+    left = run_pool(todo, task, on_start=started, on_result=finished, n_jobs=n_jobs, threads=threads, stop=stop,
+                    tick=prog.update, poll_s=poll_s)
+    for s in left:
+        s.state = "not_started"
+    prog.update()
 
 
 @dataclass
@@ -130,7 +104,7 @@ class _Worker:
 def run_pool(items: Iterable[Any], make_task: Callable[[Any], dict], *, on_start: Callable[[Any], None],
              on_result: Callable[[Any, dict], None], n_jobs: int, threads: int, stop: StopControl,
              tick: Callable[[], None] = lambda: None, poll_s: float = 0.5) -> list[Any]:
-    """Run ``ctdip.workflows.batch.run_specimen(**make_task(item))`` for each item on ``n_jobs`` spawned
+    """Run ``run_specimen(**make_task(item))`` for each item on ``n_jobs`` spawned
     workers with ``threads`` torch threads each (module docstring). ``on_start(item)`` is called
     when an item is sent to a worker, ``on_result(item, result)`` when its result (or the
     worker's death) comes back. Returns the items that never started (stopped queue)."""
@@ -147,7 +121,7 @@ def run_pool(items: Iterable[Any], make_task: Callable[[Any], dict], *, on_start
         proc = ctx.Process(target=worker_main, args=(child_conn, int(threads), os.getpid()), daemon=False,
                            name="ctdip-batch-worker")
         old = {}
-        if _in_main_thread():  # the child inherits "ignored" until it has its own handlers
+        if in_main_thread():  # the child inherits "ignored" until it has its own handlers
             old = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
         try:
             proc.start()
@@ -160,12 +134,12 @@ def run_pool(items: Iterable[Any], make_task: Callable[[Any], dict], *, on_start
     def forward(signum: int) -> None:
         for w in workers:
             if w.item is not None and not w.gone:
-                _kill(w.proc.pid, signum)
+                send_signal(w.proc.pid, signum)
 
     def kill_all() -> None:
         for w in workers:
             if not w.gone:
-                _kill(w.proc.pid, signal.SIGKILL)
+                send_signal(w.proc.pid, signal.SIGKILL)
 
     def send(w: _Worker, msg) -> bool:
         try:
@@ -216,7 +190,7 @@ def run_pool(items: Iterable[Any], make_task: Callable[[Any], dict], *, on_start
                     on_start(w.item)
                     send(w, make_task(w.item))
                     if stop.stopped:  # the signal came while it was being sent: forward it again
-                        _kill(w.proc.pid, stop.signum)
+                        send_signal(w.proc.pid, stop.signum)
                 else:
                     w.closing = True
                     send(w, None)
@@ -239,43 +213,11 @@ def run_pool(items: Iterable[Any], make_task: Callable[[Any], dict], *, on_start
         stop.on_second.remove(kill_all)
         for w in workers:
             if not w.gone:
-                _kill(w.proc.pid, signal.SIGKILL)
+                send_signal(w.proc.pid, signal.SIGKILL)
                 w.proc.join()
                 w.gone = True
                 w.conn.close()
     return list(queue)
-
-
-# --------------------------------------------------------------------------------------------------
-# worker side
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class SignalLatch:
-    """SIGINT/SIGTERM handler of a running specimen: the first signal raises
-    ``KeyboardInterrupt`` (a DIP run's engine replaces it during its loop with one that
-    checkpoints first); later ones are only recorded, so cleaning up is never interrupted."""
-
-    signum: int | None = None
-    _old: dict = field(default_factory=dict)
-
-    def handler(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-            raise KeyboardInterrupt(f"signal {signum}")
-
-    def __enter__(self) -> "SignalLatch":
-        if _in_main_thread():
-            for s in SIGNALS:
-                try:
-                    self._old[s] = signal.signal(s, self.handler)
-                except (ValueError, OSError):
-                    pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old = {}
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -332,8 +274,6 @@ def worker_main(conn, threads: int, parent_pid: int) -> None:
 
 def _serve(conn, threads: int, seen: list[int]) -> None:
     import torch
-
-    from ctdip.workflows.batch import run_specimen
 
     torch.set_num_threads(max(1, threads))
     conn.send("ready")
