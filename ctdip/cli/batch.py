@@ -8,7 +8,23 @@ from typing import List, Optional
 
 import typer
 
-from ctdip.cli._options import INPUT, ITERATIONS, LR, NETWORK, ORBIT, TV_WEIGHT, WEIGHTS, given, parse_set
+from ctdip.cli._options import (
+    ANGLES,
+    BIN,
+    INPUT,
+    ITERATIONS,
+    LR,
+    MODE,
+    NETWORK,
+    ORBIT,
+    SETUP,
+    SIZE,
+    SLICE,
+    TV_WEIGHT,
+    WEIGHTS,
+    given,
+    parse_set,
+)
 from ctdip.core.validate import check_output_path
 
 
@@ -26,12 +42,12 @@ def register(app: typer.Typer) -> None:
         network: Optional[str] = NETWORK,
         tv_weight: Optional[float] = TV_WEIGHT,
         weights: Optional[Path] = WEIGHTS,
-        setup: Optional[str] = typer.Option(None, "--setup", help="Acquisition preset (presets/setups/NAME.yaml)."),
-        angles: Optional[int] = typer.Option(None, "--angles", help="Use K equispaced views."),
-        size: Optional[int] = typer.Option(None, "--size", help="Reconstruction grid N x N."),
-        slice_: Optional[str] = typer.Option(None, "--slice", help="Slice index (2D mode), 'mid' or +/-offset."),
-        mode: Optional[str] = typer.Option(None, "--mode", help="2d (default) or 3d."),
-        bin_: Optional[int] = typer.Option(None, "--bin", help="Detector binning."),
+        setup: Optional[str] = SETUP,
+        angles: Optional[int] = ANGLES,
+        size: Optional[int] = SIZE,
+        slice_: Optional[str] = SLICE,
+        mode: Optional[str] = MODE,
+        bin_: Optional[int] = BIN,
         orbit: Optional[int] = ORBIT,
         seed: int = typer.Option(0, "--seed", help="Seed for every specimen."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:i]."),
