@@ -56,7 +56,8 @@ def held_out_images() -> dict[str, torch.Tensor]:
 
 
 def stage_gains() -> dict:
-    from ctdip.priors.denoisers import load_denoiser, tv_prox
+    from ctdip.priors.denoisers import load_denoiser
+    from ctdip.priors.tv import tv_prox
 
     D = load_denoiser("learned")
     out = {}

@@ -6,7 +6,8 @@ import torch
 from ctdip.errors import UserError
 from ctdip.networks import build_network, count_parameters, network_preset, preset_names
 from ctdip.networks.weights import geometry_key, load_weights, save_weights
-from ctdip.priors.denoisers import div, grad, load_denoiser, tv_norm, tv_prox
+from ctdip.priors.denoisers import load_denoiser
+from ctdip.priors.tv import spatial_div, spatial_grad, tv_norm, tv_prox
 
 
 def test_presets_exist_and_paper_matches_handbook():
@@ -100,7 +101,7 @@ def test_geometry_key_stable():
 def test_grad_div_adjoint(shape):
     x = torch.randn(shape, dtype=torch.float64)
     p = torch.randn((len(shape) - 2, *shape), dtype=torch.float64)
-    assert torch.allclose((grad(x) * p).sum(), -(x * div(p)).sum(), rtol=1e-12)
+    assert torch.allclose((spatial_grad(x) * p).sum(), -(x * spatial_div(p)).sum(), rtol=1e-12)
 
 
 def test_tv_prox_denoises_and_is_optimal():
@@ -112,7 +113,7 @@ def test_tv_prox_denoises_and_is_optimal():
     assert float(((d - img) ** 2).mean()) < 0.1 * float(((noisy - img) ** 2).mean())
 
     def obj(u):
-        g = grad(u)
+        g = spatial_grad(u)
         return 0.5 * float(((u - noisy) ** 2).sum()) + 0.1 * float(torch.sqrt((g * g).sum(0)).sum())
 
     # the prox beats small perturbations of itself

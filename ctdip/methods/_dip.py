@@ -34,7 +34,7 @@ from ctdip.dip.context import RunContext, seed_everything
 from ctdip.dip.engine import LR_SCHEDULES, DIPModel, Engine, EngineConfig, StepOut
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult
-from ctdip.priors.denoisers import tv_norm
+from ctdip.priors.tv import tv_norm
 
 if TYPE_CHECKING:
     from ctdip.core.problem import Problem

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ctdip.methods.hqs import HQSDenoiser
-from ctdip.priors.denoisers import tv_prox
+from ctdip.priors.tv import tv_prox
 
 
 class TVHQS(HQSDenoiser):

@@ -1,15 +1,11 @@
-"""Denoisers with one interface ``D(x, sigma)`` for ADMM / HQS / RED, and differentiable TV.
+"""Denoisers with one interface ``D(x, sigma)`` for ADMM / HQS / RED.
 
 ``x`` is network-shaped, (N, 1, H, W) or (N, 1, D, H, W), in the problem's scaled units (images
 O(1)); ``sigma`` is the noise standard deviation in the same units (float or 0-dim tensor).
 
 * ``tv``: the proximal map of isotropic total variation, ``D(x, sigma) = prox_{sigma^2 TV}(x)
   = argmin_u 1/2 ||u - x||^2 + sigma^2 TV(u)`` (the MAP denoiser for noise variance sigma^2 and
-  prior exp(-TV)), computed with the fast gradient projection (FGP) on the dual of
-  Beck & Teboulle 2009: with ``u(p) = x + lam div p`` and ``L = 4 d`` (d spatial dims),
-
-      p_k = Proj_{|p|<=1}( r_k + 1/(L lam) grad u(r_k) ),
-      t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,  r_{k+1} = p_k + (t_k - 1)/t_{k+1} (p_k - p_{k-1}).
+  prior exp(-TV)), :func:`ctdip.priors.tv.tv_prox` (FGP on the dual, Beck & Teboulle 2009).
 
 * a trained CNN from a local weight file (``kind: denoiser``, built with ``build_network``); when
   its ``arch`` has ``in_channels == out_channels + 1`` a constant noise-level map ``sigma`` is
@@ -34,7 +30,7 @@ from typing import Protocol
 import torch
 
 from ctdip.errors import UserError
-from ctdip.priors import tv
+from ctdip.priors.tv import tv_prox
 
 #: Denoisers shipped inside the package: name -> file in ``ctdip/weights/``.
 SHIPPED = {"learned": "drunet_ct.pt"}
@@ -54,51 +50,6 @@ class Denoiser(Protocol):
     name: str
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor: ...
-
-
-# --------------------------------------------------------------------------- finite differences
-def _spatial(x: torch.Tensor) -> tuple[int, ...]:
-    return tuple(range(2, x.ndim))
-
-
-def grad(x: torch.Tensor) -> torch.Tensor:
-    """Forward differences over the spatial dims (2..) with zero at the far boundary
-    (:func:`ctdip.priors.tv.grad`). (N, C, *S) -> (d, N, C, *S)."""
-    return tv.grad(x, _spatial(x))
-
-
-def div(p: torch.Tensor) -> torch.Tensor:
-    """Divergence, the negative adjoint of :func:`grad`: ``<grad x, p> = -<x, div p>``."""
-    return tv.div(p, _spatial(p[0]))
-
-
-def tv_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Isotropic total variation, averaged over voxels: ``mean_i sqrt(sum_k (D_k x)_i^2 + eps)``.
-
-    Averaging (not summing) keeps a TV weight meaningful across image sizes."""
-    g = grad(x)
-    return torch.sqrt((g * g).sum(0) + eps).mean()
-
-
-def tv_prox(x: torch.Tensor, lam: float | torch.Tensor, iterations: int = 50) -> torch.Tensor:
-    """``argmin_u 1/2 ||u - x||^2 + lam * sum_i |grad u|_i`` by FGP (see module docstring)."""
-    lam_f = float(lam)
-    if lam_f <= 0:
-        return x.clone()
-    d = x.ndim - 2
-    L = 4.0 * d
-    p = torch.zeros((d, *x.shape), dtype=x.dtype, device=x.device)
-    r = p.clone()
-    t = 1.0
-    for _ in range(iterations):
-        u = x + lam_f * div(r)
-        p_new = r + grad(u) / (L * lam_f)
-        nrm = torch.sqrt((p_new * p_new).sum(0, keepdim=True)).clamp_min(1.0)
-        p_new = p_new / nrm
-        t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        r = p_new + ((t - 1) / t_new) * (p_new - p)
-        p, t = p_new, t_new
-    return x + lam_f * div(p)
 
 
 # --------------------------------------------------------------------------- denoisers
