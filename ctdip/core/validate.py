@@ -138,7 +138,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "tv_weight": Rule(minimum=0, auto=True),
     "sigma": NONNEG,
     "rho": POSITIVE,
-    "inner": POSITIVE_INT,
+    "block_steps": POSITIVE_INT,
     "lam": NONNEG,
     "mu": POSITIVE,
     "mu_growth": Rule(minimum=1),
