@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -197,9 +198,10 @@ def with_threads(n: int, fn):
 
 
 def bench_case(case: Case, steps: int | None, repeats: int, threads: int, engine: bool,
-               target_ms: float = 300.0, steps_only: bool = False) -> dict:
+               target_ms: float = 300.0, steps_only: bool = False, deadline: float = math.inf) -> dict:
     """Medians (ms) of every unit; variants interleaved within each repetition. Each timing is
-    ``steps`` calls (default: as many as fill ~``target_ms``, 1 to 20)."""
+    ``steps`` calls (default: as many as fill ~``target_ms``, 1 to 20); past ``deadline``
+    (``time.perf_counter()``) no further repetition starts (at least one is always done)."""
     d = case.device
     units: dict[str, tuple] = {}  # name -> (one call, torch threads)
     for v in case.nets:
@@ -217,21 +219,25 @@ def bench_case(case: Case, steps: int | None, repeats: int, threads: int, engine
         ms = with_threads(nt, lambda: timed(fn, d, 1))
         n_calls[k] = steps or max(1, min(20, int(target_ms / max(ms, 1e-3))))
     out: dict[str, list[float]] = {k: [] for k in units}
-    for _ in range(repeats):
+    for rep in range(repeats):
+        if rep and time.perf_counter() > deadline:
+            break
         for k, (fn, nt) in units.items():
             out[k].append(with_threads(nt, lambda: timed(fn, d, n_calls[k])))
     if engine:
         out["engine (vanilla)"] = [case.engine_ms(max(n_calls["step [default]"] * repeats, 5))]
-    return {k: statistics.median(v) for k, v in out.items()} | {"_calls": n_calls}
+    return {k: statistics.median(v) for k, v in out.items()} | {"_calls": n_calls,
+                                                                "_repeats": len(out["step [default]"])}
 
 
-def passive_wait_policy(args, preset: str, n: int, dim: int) -> dict:
+def passive_wait_policy(args, preset: str, n: int, dim: int, minutes: float) -> dict:
     """The default network's ``net f+b`` and ``step`` in a child process with
     ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep instead of spinning at barriers; it must be
     set before torch loads OpenMP, hence the child)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--nets", preset,
            "--sizes3d" if dim == 3 else "--sizes", str(n), "--threads", str(args.threads),
-           "--repeats", str(args.repeats), "--backend", args.backend, "--device", args.device]
+           "--repeats", str(args.repeats), "--backend", args.backend, "--device", args.device,
+           "--max-minutes", f"{minutes:.3f}"]
     if args.steps:
         cmd += ["--steps", str(args.steps)]
     p = subprocess.run(cmd, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True)
@@ -258,6 +264,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="calls per timing (default: by cost)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-engine", action="store_true")
+    ap.add_argument("--max-minutes", type=float, default=4.5,
+                    help="time budget: fewer repetitions (at least one) when a loaded machine is slow")
     ap.add_argument("--skip", nargs="*", default=["paper:501"], help="net:size pairs left out (default paper:501)")
     ap.add_argument("--out", default=str(ROOT / "results" / "step.md"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one case, JSON to stdout
@@ -271,7 +279,8 @@ def main(argv=None) -> int:
         dim = 3 if args.sizes3d else 2
         n = (args.sizes3d or args.sizes)[0]
         case = Case(args.nets[0], n, dim, args.backend, device, ["default"])
-        res = bench_case(case, args.steps, args.repeats, args.threads, False, steps_only=True)
+        res = bench_case(case, args.steps, args.repeats, args.threads, False, steps_only=True,
+                         deadline=time.perf_counter() + args.max_minutes * 60)
         print(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}))
         return 0
     load0 = os.getloadavg()
@@ -283,9 +292,12 @@ def main(argv=None) -> int:
     for preset, n, dim in cases:
         t0 = time.perf_counter()
         case = Case(preset, n, dim, args.backend, device, args.variants)
-        res = bench_case(case, args.steps, args.repeats, args.threads, not args.no_engine)
+        left = args.max_minutes * 60 - (time.perf_counter() - t_start)
+        share = left / (len(cases) - len(rows)) * (0.6 if "passive" in args.variants else 0.9)
+        res = bench_case(case, args.steps, args.repeats, args.threads, not args.no_engine,
+                         deadline=time.perf_counter() + share)
         if "passive" in args.variants:
-            res.update(passive_wait_policy(args, preset, n, dim))
+            res.update(passive_wait_policy(args, preset, n, dim, share * 0.5 / 60))
         res.update(preset=preset, n=n, dim=dim, flops=case.flops, steps=res["_calls"]["step [default]"],
                    wall_s=time.perf_counter() - t0)
         rows.append(res)
@@ -295,12 +307,13 @@ def main(argv=None) -> int:
         del case
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    load1 = os.getloadavg()
-    write_markdown(rows, args, peak, load0, load1, time.perf_counter() - t_start)
+        # rewritten after every case, so a run stopped by a time limit leaves the finished rows
+        write_markdown(rows, args, peak, load0, os.getloadavg(), time.perf_counter() - t_start,
+                       done=len(rows) == len(cases))
     return 0
 
 
-def write_markdown(rows, args, peak, load0, load1, total_s) -> None:
+def write_markdown(rows, args, peak, load0, load1, total_s, done: bool = True) -> None:
     dev = args.device
     if dev.startswith("cuda"):
         dev = f"{dev} ({torch.cuda.get_device_name(torch.device(args.device))})"
@@ -308,7 +321,7 @@ def write_markdown(rows, args, peak, load0, load1, total_s) -> None:
         dev = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), {args.threads} torch threads"
     variants = [v for v in args.variants if any(f"step [{v}]" in r for r in rows)]
     lines = [
-        "# Step speed: one Adam step of the DIP U-Nets", "",
+        "# Step speed: one Adam step of the DIP U-Nets" + ("" if done else " (partial: run still going or stopped)"), "",
         f"Command: `{' '.join(['python', 'benchmarks/bench_step.py', *sys.argv[1:]])}` "
         f"({total_s:.0f} s). torch {torch.__version__}, device {dev}, operator backend `{args.backend}`. "
         f"Load average (1 min) {load0[0]:.2f} at start, {load1[0]:.2f} at end"
@@ -341,7 +354,7 @@ def write_markdown(rows, args, peak, load0, load1, total_s) -> None:
         lines.append(f"| {r['preset']} | {r['n']}{'³' if r['dim'] == 3 else '²'} | " + " | ".join(
             f"{base / r[f'step [{v}]']:.2f}×" if base and f"step [{v}]" in r else "–" for v in variants) + " |")
     lines += ["", "Calls per timing and repetitions: " + ", ".join(
-        f"{r['preset']} {r['n']}: {r['steps']} × {args.repeats}" for r in rows) + ".", ""]
+        f"{r['preset']} {r['n']}: {r['steps']} × {r['_repeats']}" for r in rows) + ".", ""]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

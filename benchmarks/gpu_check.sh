@@ -147,7 +147,7 @@ stamp "b. ${STATUS[b]}"
 # ---------------------------------------------------------------- c. step timings
 stamp "c. bench_step.py on $DEVICE"
 STEP_ARGS=(--device "$DEVICE" --backend torch --sizes $SIZES --sizes3d $SIZES3D --variants default channels_last
-           --repeats "$REPEATS" --skip --out "$OUT_DIR/gpu_step.md")
+           --repeats "$REPEATS" --max-minutes 3 --skip --out "$OUT_DIR/gpu_step.md")
 [ "$QUICK" = 1 ] && STEP_ARGS+=(--steps 1 --threads 1)
 timeout "$T_STEP" "$PY" benchmarks/bench_step.py "${STEP_ARGS[@]}" >"$WORK/step.log" 2>&1
 rc=$?
