@@ -26,7 +26,7 @@ never cached): once excluding the pretraining and once with it amortised over ``
     .venv/bin/python benchmarks/bench_speed.py --objects walnut --methods vanilla tv edip
     .venv/bin/python benchmarks/bench_speed.py --quick            # < 3 min, 64² grids: a smoke run
 
-``--quick`` uses 64² grids (the CT slice resampled), 300 iterations, a 3-weight TV oracle of 100
+``--quick`` uses 64² grids (the CT slice resampled), 800 iterations, a 3-weight TV oracle of 100
 iterations and a 20-step pretraining: it checks the benchmark, its numbers are not the benchmark's.
 Results: ``benchmarks/results/speed.md`` and ``speed.json`` (``--quick``: ``speed_quick.*``).
 """
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     n_walnut, n_ct, grid, tv_iters = 128, 256, bq.ORACLE_GRID, None
     if args.quick:
         n_walnut = n_ct = 64
-        args.iterations = args.iterations or 300
+        args.iterations = args.iterations or 800
         args.pretrain_steps = args.pretrain_steps or 20
         args.every = min(args.every, 5)
         grid, tv_iters = [8e-4, 1.6e-3, 3.2e-3], 100
