@@ -139,3 +139,29 @@ def test_load_denoiser_specs(tmp_path):
     Dc = load_denoiser(str(tmp_path / "den.pt"))
     expected = net(torch.cat([x, torch.full_like(x, 0.05)], 1))
     assert torch.allclose(Dc(x, 0.05), expected)
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (1, 1, 40, 36)), (3, (1, 1, 12, 16, 8))])
+def test_unet_channels_last_is_opt_in_and_agrees(dim, shape):
+    """``channels_last: true`` changes the memory layout only: same parameters, a contiguous output
+    equal to the default layout's to float rounding (other conv kernels), same gradients."""
+    from ctdip.networks.unet import UNet
+
+    preset = "light" if dim == 2 else "3d"
+    torch.manual_seed(0)
+    base = build_network(network_preset(preset, dim))
+    assert base.channels_last is False
+    cl = build_network(network_preset(preset, dim, channels_last=True))
+    assert isinstance(cl, UNet) and cl.channels_last
+    cl.load_state_dict(base.state_dict())
+    fmt = torch.channels_last if dim == 2 else torch.channels_last_3d
+    assert cl.inc[0].weight.is_contiguous(memory_format=fmt)
+    z = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    a, b = base(z), cl(z)
+    assert b.is_contiguous() and b.shape == shape
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+    a.square().mean().backward()
+    b.square().mean().backward()
+    ga = torch.cat([p.grad.flatten() for p in base.parameters()])
+    gb = torch.cat([p.grad.flatten() for p in cl.parameters()])
+    assert float((ga - gb).norm()) <= 1e-4 * float(ga.norm())

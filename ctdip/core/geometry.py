@@ -62,7 +62,18 @@ import numpy as np
 
 from ctdip.errors import UserError
 
-__all__ = ["ProjectionGeometry", "VolumeGeometry", "bin_projections"]
+__all__ = ["ProjectionGeometry", "VolumeGeometry", "bin_projections", "import_astra"]
+
+
+def import_astra(feature: str, hint: str = "install astra-toolbox"):
+    """The ``astra`` module, imported on first use: ctdip imports and runs without astra-toolbox
+    as long as no ASTRA-backed feature is used. A missing (or broken) ASTRA is a one-line
+    :class:`UserError` naming ``feature`` and what to do instead (``hint``)."""
+    try:
+        import astra
+    except (ImportError, OSError) as e:
+        raise UserError(f"{feature} needs astra-toolbox, which cannot be imported here ({e}); {hint}") from None
+    return astra
 
 _KINDS = ("parallel", "fan", "parallel3d", "cone")
 
@@ -178,7 +189,7 @@ class ProjectionGeometry:
     @classmethod
     def from_astra(cls, proj_geom: dict) -> "ProjectionGeometry":
         """From an ASTRA projection geometry dict (any of the 2D/3D basic or vector types)."""
-        import astra
+        astra = import_astra("reading an ASTRA projection geometry")
 
         t = proj_geom.get("type")
         angles = None
@@ -201,7 +212,7 @@ class ProjectionGeometry:
     def to_astra(self, dim: int | None = None) -> dict:
         """ASTRA vector geometry dict: dim=2 gives parallel_vec / fanflat_vec (2D only), dim=3
         parallel3d_vec / cone_vec (default: 2 for a 2D geometry, else 3)."""
-        import astra
+        astra = import_astra("an ASTRA projection geometry dict")
 
         dim = (2 if self.is_2d else 3) if dim is None else dim
         if dim == 3:
@@ -455,7 +466,7 @@ class VolumeGeometry:
 
     def to_astra(self, dim: int | None = None) -> dict:
         """ASTRA volume geometry dict (2D for dim=2, needs one slice; default: 2 if one slice)."""
-        import astra
+        astra = import_astra("an ASTRA volume geometry dict")
 
         dim = (2 if self.is_2d else 3) if dim is None else dim
         (z0, y0, x0), (z1, y1, x1) = self.min_mm, self.max_mm

@@ -14,6 +14,11 @@ unused), the convention of the published configs: the paper preset (handbook / E
 128 channels with skips [0, 0, 0, 0, 4, 4], i.e. skips only into the two coarsest up blocks.
 GroupNorm replaces BatchNorm (batch size 1), upsampling is nearest (deterministic on GPU).
 Inputs whose spatial size is not a multiple of 2^(S-1) are reflect-padded and the output cropped.
+
+``channels_last: true`` (opt-in, off by default) keeps weights and activations in the
+channels-last memory layout (NHWC / NDHWC) and returns a contiguous output. The maths is the
+same, but oneDNN / cuDNN pick other convolution kernels, so the numbers agree with the default
+layout only to float rounding, not bit for bit (``benchmarks/results/step.md`` has its speed).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class UNet(nn.Module):
         sigmoid: bool = False,
         norm_groups: int = 4,
         negative_slope: float = 0.2,
+        channels_last: bool = False,
     ):
         super().__init__()
         channels = [int(c) for c in channels]
@@ -91,6 +97,10 @@ class UNet(nn.Module):
                 conv(cout, cout, 1), _norm(cout, norm_groups), act()))
         self._skip_ch = skip_channels
         self.outc = conv(channels[0], out_channels, 1)
+        self.channels_last = bool(channels_last)
+        self._memory_format = torch.channels_last if dim == 2 else torch.channels_last_3d
+        if self.channels_last:
+            self.to(memory_format=self._memory_format)
 
     def encoder_parameters(self):
         """Parameters of the encoder (``inc`` and ``down.*``), frozen by EDIP-FE."""
@@ -107,6 +117,8 @@ class UNet(nn.Module):
                 pad_arg += [p // 2, p - p // 2]
             mode = "reflect" if all(p < n for p, n in zip(pads, spatial)) else "replicate"
             x = F.pad(x, pad_arg, mode=mode)
+        if self.channels_last:
+            x = x.contiguous(memory_format=self._memory_format)
         feats = [self.inc(x)]
         for blk in self.down:
             feats.append(blk(feats[-1]))
@@ -121,4 +133,6 @@ class UNet(nn.Module):
         if any(pads):
             sl = [slice(None), slice(None)] + [slice(p // 2, p // 2 + n) for p, n in zip(pads, spatial)]
             out = out[tuple(sl)]
+        if self.channels_last:
+            out = out.contiguous()
         return torch.sigmoid(out) if self.sigmoid else out

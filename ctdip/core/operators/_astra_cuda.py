@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry, import_astra
 from ctdip.core.operators.backend import BackendDefaults, register_backend
 from ctdip.errors import UserError
 
@@ -52,7 +52,7 @@ class AstraCudaRayTransform:
         if device.type != "cuda" or not available():
             raise UserError("the astra-cuda backend needs a CUDA device and ASTRA built with CUDA; "
                             "use backend='matrix' or 'torch'")
-        import astra
+        astra = import_astra("the astra-cuda backend", "use backend 'matrix' or 'torch'")
 
         self.geometry, self.volume, self.device = geometry, volume, device
         pg, vg = astra_geometries(geometry, volume)

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry
+from ctdip.core.geometry import ProjectionGeometry, VolumeGeometry, import_astra
 from ctdip.core.io import atomic_write_bytes, cache_dir
 from ctdip.core.operators.backend import BackendDefaults, register_backend
 from ctdip.errors import UserError
@@ -128,7 +128,9 @@ def build_matrix(geometry: ProjectionGeometry, volume: VolumeGeometry, kernel: s
     """Assemble the float32 CSR system matrix (rays x voxels) in ctdip's pixel order."""
     if kernel in MARCH_KERNELS:
         return build_march_matrix(geometry, volume, kernel, progress)
-    import astra
+    astra = import_astra(f"building the matrix operator (kernel {kernel!r})",
+                         "ship the cached matrix ($CTDIP_CACHE_DIR/matrices), install astra-toolbox, "
+                         "or use backend 'torch'")
 
     _, ny, nx = volume.shape
     vg = volume.to_astra(2)
