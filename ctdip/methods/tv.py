@@ -4,6 +4,15 @@
     TV(x) = mean_i sqrt(|(grad x)_i|^2 + eps)   (isotropic, forward differences, mean over voxels)
     theta_{t+1} = Adam(theta_t, grad_theta L(theta_t))
 
+With ``input_skip: true`` the iterate is ``x = z + f_theta(z)`` (the network learns the correction of
+its input image, the FBP/FDK with ``input: fbp``) instead of ``f_theta(z)``; it is ignored for a noise
+or learnable input.
+
+In 3D (``--mode 3d``) the ``params_3d:`` defaults of ``presets/methods/tv.yaml`` replace the 2D
+ones for every parameter the caller does not give (FDK input with ``input_skip``, the ``3d-skip``
+network), chosen on a tuning scan of ``benchmarks/bench_3d.py``; the console prints what the
+benchmark measured (:data:`NOTE_3D`), since a 3D run needs many minutes to beat the FDK.
+
 ``lambda`` is ``tv_weight``. The TV term removes the late-iteration noise that vanilla DIP fits,
 so the final iterate stays close to the peak.
 
@@ -18,16 +27,20 @@ slices for quality per CPU-minute (``presets/methods/recommended.yaml``).
 
 from __future__ import annotations
 
+import sys
+
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 
 OUTPUTS = ("final", "ema")
+#: what the 3D benchmark measured (``benchmarks/results/3d.md``), printed at the start of a 3D run
+NOTE_3D = "note: 3D TV-DIP, {n} iterations: TODO (benchmarks/results/3d.md)"
 
 
 class TVDIP(DIPMethod):
     name = "tv"
     defaults = {"tv_weight": 0.02, "tv_factor": 1.0, "output": "final", "cv_folds": 5,
-                "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
+                "cv_grid": "1e-4:0.1:2", "cv_iterations": 300, "input_skip": False}
     choice = None  # the cross-validation evidence of tv_weight: auto (selection.WeightChoice)
 
     def check(self, params: dict) -> None:
@@ -39,6 +52,9 @@ class TVDIP(DIPMethod):
         parse_grid(params["cv_grid"], self.name)
 
     def setup(self, problem, gen) -> None:
+        ctx = getattr(self, "ctx", None)
+        if problem.dim == 3 and ctx is not None and not ctx.quiet:
+            sys.stderr.write(NOTE_3D.format(n=int(self.params["iterations"])) + "\n")
         self.weight = self.params["tv_weight"]
         if self.weight == "auto":
             from ctdip.methods.selection import cv_tv_weight, dip_tv_weight, parse_grid
