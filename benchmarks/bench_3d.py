@@ -40,11 +40,15 @@ CTDIP = [sys.executable, "-m", "ctdip.cli.main"]
 TUNING_SEED, BENCH_SEED = 1, 2
 NOISE = 0.02
 THREADS = 2
-PDHG_WEIGHTS = (1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 1e-2, 3e-2)
+PDHG_WEIGHTS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 1e-2, 3e-2)
 PDHG_ITERS = 60
 #: DIP runs: name -> (extra CLI flags, iterations, time limit s); "shipped" = what a user gets
 DIP_RUNS: dict[str, tuple[list[str], int, float]] = {
-    "shipped": ([], 260, 600.0),
+    # the 3D defaults (presets/methods/tv.yaml params_3d): what `ctdip reconstruct --mode 3d -m tv` does
+    "3d_defaults": ([], 250, 900.0),
+    # the defaults before params_3d (2D ones with the 3d network), as in the user run
+    "before": (["--network", "3d", "--input", "noise", "--set", "input_skip=false", "--tv-weight", "0.02",
+                "--lr", "0.001"], 2000, 300.0),
 }
 
 
@@ -166,7 +170,7 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=60)
     ap.add_argument("--seeds", default=f"{BENCH_SEED}")
     ap.add_argument("--stage", default="", help="comma list of fdk, pdhg, dip")
-    ap.add_argument("--dip", default="shipped", help=f"comma list of {', '.join(DIP_RUNS)}")
+    ap.add_argument("--dip", default="3d_defaults,before", help=f"comma list of {', '.join(DIP_RUNS)}")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ctdip_bench_3d"))
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
