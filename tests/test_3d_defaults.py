@@ -56,6 +56,8 @@ def test_input_skip_starts_at_the_fdk_and_improves_it(scans, one_thread):
     res = get_method("tv")(iterations=30, log_every=10, checkpoint_every=0).run(p3, RunContext(seed=0, quiet=True))
     curve = [r["psnr"] for r in res.history]
     assert curve[-1] > fdk + 0.3 and curve[-1] > curve[0]
+    returned = psnr(res.recon.reshape(p3.reference.shape), p3.reference)  # z + f(z), not f(z) alone
+    assert abs(returned - curve[-1]) < 0.5
     noise = get_method("tv")(iterations=30, log_every=10, checkpoint_every=0, input="noise", input_skip=False, network="3d")
     assert noise.run(p3, RunContext(seed=0, quiet=True)).history[-1]["psnr"] < curve[-1] - 3
 

@@ -179,6 +179,11 @@ class DIPMethod(Method, DIPModel):
             return x + self.z
         return x
 
+    @torch.no_grad()
+    def final_image(self, engine) -> torch.Tensor:
+        """The returned reconstruction: :meth:`output` at the final parameters."""
+        return self.output().detach()
+
     def objective(self, it: int, gen: torch.Generator) -> StepOut:
         """The data term of :meth:`output`; methods add their regulariser with ``StepOut.plus``."""
         x = self.output()
