@@ -30,7 +30,7 @@ def test_3d_problem_gets_3d_defaults_and_given_keys_win(scans):
     m = get_method("tv")()
     m.preflight(p3)
     assert {k: m.params[k] for k in ("iterations", "input", "input_skip", "network", "tv_weight", "lr")} == \
-        {"iterations": 250, "input": "fbp", "input_skip": True, "network": "3d-skip", "tv_weight": 0.005, "lr": 0.001}
+        {"iterations": 800, "input": "fbp", "input_skip": True, "network": "3d-skip", "tv_weight": 0.005, "lr": 0.001}
     assert m.arch["skip_channels"] == [4, 4, 4] and m.arch["dim"] == 3
     assert "benchmarks/results/3d.md" in m.sources["input"]
     given = get_method("tv")(input="noise", network="3d", iterations=7)
