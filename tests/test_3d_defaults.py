@@ -68,7 +68,7 @@ def test_3d_run_prints_the_benchmark_note(scans, tmp_path, capsys):
     assert main(["reconstruct", str(scans / "cone"), "--mode", "3d", "-m", "tv", "-n", "2",
                  "-o", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
-    assert "note: at 64³ from 60 cone views a 3D TV-DIP needed ~455 iterations" in err
+    assert "note: at 64³ from 60 cone views a 3D TV-DIP with the 3D defaults needed ~455 iterations" in err
     assert "benchmarks/results/3d.md" in err and "2 iterations are likely too few" in err
     assert main(["reconstruct", str(scans / "fan"), "-m", "tv", "-n", "2", "-o", str(tmp_path / "r2")]) == 0
     assert "benchmarks/results/3d.md" not in capsys.readouterr().err

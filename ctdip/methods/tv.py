@@ -42,7 +42,7 @@ def note_3d(iterations: int) -> str:
     """The console note of a 3D TV-DIP run: what the 3D benchmark measured, and whether
     ``iterations`` are fewer than it needed to beat the FDK by 3 dB."""
     b = BENCH_3D
-    msg = (f"note: at 64\N{SUPERSCRIPT THREE} from 60 cone views a 3D TV-DIP needed ~{b['iterations_to_fdk3']} iterations "
+    msg = (f"note: at 64\N{SUPERSCRIPT THREE} from 60 cone views a 3D TV-DIP with the 3D defaults needed ~{b['iterations_to_fdk3']} iterations "
            f"(~{b['seconds_to_fdk3'] / 60:.0f} min on 2 CPU threads, {b['s_per_iteration']} s each) to beat FDK by 3 dB "
            "(benchmarks/results/3d.md)")
     if iterations < b["iterations_to_fdk3"]:
