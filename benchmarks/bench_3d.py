@@ -227,6 +227,10 @@ def write_report(data: dict) -> None:
               "tv_weight 0.005); lr 3e-3 was slower than 1e-3 at 64³. `dip_before` is the 2D defaults with",
               "`--network 3d` (what `-m tv --mode 3d --network 3d` did before `params_3d`); `dip_3d_defaults` is",
               "`ctdip reconstruct SCAN --mode 3d -m tv` with nothing else.", ""]
+    lines += ["PDHG-TV caveat: the 60-iteration sweep is not converged (its best weight is the smallest, 1e-5: the",
+              "iterations, not the TV, regularise), and `auto` ran its CV at 60 iterations too; the two 300-iteration",
+              "runs (`pdhg300_*`) show the converged TV is better, so target B is the best of those (a 2-weight check,",
+              "not a full converged sweep: the true oracle may be a little higher still).", ""]
     for key, res in data.items():
         size, views = key.split("^")[0], key.split("_")[1].replace("views", "")
         b = Bench.__new__(Bench)
