@@ -18,6 +18,10 @@ With ``view_batch`` K > 0 each step fits K random views S instead, ``(n/K) ||A_S
 ||y||^2`` (unbiased, handbook §5.3; ``ctdip.methods._view_subsets``); the logged ``data_fit`` stays
 the full one.
 
+Defaults by dimension: ``presets/methods/<name>.yaml`` may hold a ``params_3d:`` map (with
+``sources_3d:``) of defaults for 3D problems; :meth:`DIPMethod.use_dim_defaults` puts them in
+place of ``params:`` once the problem is known, for every key the caller did not give.
+
 Network inputs (``input``): ``noise`` (z ~ input_std N(0, 1), fixed), ``fbp`` (the Problem's
 FBP/FDK), ``adjoint`` (A^T y / q99.9(|A^T y|)), ``learnable`` (noise z optimised with the network,
 step size ``z_lr``).
@@ -76,6 +80,22 @@ class DIPMethod(Method, DIPModel):
         choice(str(params["lr_schedule"]), "--set lr_schedule", LR_SCHEDULES)
 
     # ------------------------------------------------------------------ building blocks
+    def use_dim_defaults(self, problem) -> None:
+        """Replace the defaults of the keys the caller did not give by the preset's
+        ``params_<dim>d:`` ones (module docstring); a no-op for a preset without them."""
+        from ctdip.methods.params import check_numbers, load_dim_preset
+
+        extra, sources = load_dim_preset(self.name, problem.dim)
+        extra = {k: v for k, v in extra.items() if k not in self.given}
+        if not extra:
+            return
+        unknown = sorted(k for k in extra if k not in self.params)
+        if unknown:
+            raise UserError(f"method '{self.name}': params_{problem.dim}d has unknown parameter(s) {', '.join(unknown)}")
+        self.params = check_numbers({**self.params, **extra})
+        self.sources = {**self.sources, **{k: sources[k] for k in extra if k in sources}}
+        self.check(self.params)
+
     def network_arch(self, problem) -> dict:
         from ctdip.networks import network_preset, resolve_arch
 
@@ -151,8 +171,18 @@ class DIPMethod(Method, DIPModel):
         return groups
 
     def output(self) -> torch.Tensor:
-        """The iterate ``x = f_theta(z)`` (network-shaped, differentiable)."""
-        return self.network(self.z)
+        """The iterate ``x = f_theta(z)``, or ``x = z + f_theta(z)`` with ``input_skip`` (a method
+        parameter of ``tv``: the network learns the correction of its input image; ignored for a
+        noise or learnable input); network-shaped, differentiable."""
+        x = self.network(self.z)
+        if self.params.get("input_skip") and self.params["input"] in ("fbp", "adjoint"):
+            return x + self.z
+        return x
+
+    @torch.no_grad()
+    def final_image(self, engine) -> torch.Tensor:
+        """The returned reconstruction: :meth:`output` at the final parameters."""
+        return self.output().detach()
 
     def objective(self, it: int, gen: torch.Generator) -> StepOut:
         """The data term of :meth:`output`; methods add their regulariser with ``StepOut.plus``."""
@@ -177,6 +207,7 @@ class DIPMethod(Method, DIPModel):
         self.problem = problem
         if getattr(self, "ctx", None) is None:
             self.ctx = RunContext(quiet=True)
+        self.use_dim_defaults(problem)
         self.arch = self.network_arch(problem)
         self.check_network(problem)
         if self.params.get("denoiser") is not None:
@@ -193,6 +224,7 @@ class DIPMethod(Method, DIPModel):
     def run(self, problem: Problem, ctx: RunContext | None = None) -> MethodResult:
         ctx = ctx or RunContext()
         self.problem = problem
+        self.use_dim_defaults(problem)
         self._ynorm2 = float((problem.y * problem.y).sum().clamp_min(1e-30))
         self._setup_view_subsets(problem)
         self.ctx = ctx

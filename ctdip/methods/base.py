@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ctdip.dip.context import RunContext
-from ctdip.methods.params import resolve
+from ctdip.methods.params import canonical, resolve
 
 if TYPE_CHECKING:
     from ctdip.core.problem import Problem
@@ -42,7 +42,7 @@ class Method:
     ``Method(**params)`` resolves ``params`` over :meth:`param_defaults` and the method's preset
     (:func:`ctdip.methods.params.resolve`: unknown names refused, strings coerced, numbers
     checked), then runs :meth:`check`; the result is ``self.params``, the sources of its
-    defaults ``self.sources``."""
+    defaults ``self.sources``, the names the caller gave ``self.given``."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "dip"  # "classical" or "dip"
@@ -54,6 +54,9 @@ class Method:
     def __init__(self, **params: Any):
         self.params, self.sources = resolve(self.name, self.param_defaults(), params,
                                             aliases=self.param_aliases, sources=self.param_sources())
+        #: the parameters the caller gave (current names); a dimension preset never replaces them
+        given = canonical(params, self.param_aliases, self.name)[0]
+        self.given = {k for k, v in given.items() if v is not None}
         self.check(self.params)
 
     @classmethod

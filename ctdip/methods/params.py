@@ -50,6 +50,15 @@ def load_preset(name: str) -> dict:
     return {"path": str(path), "params": params, "sources": sources}
 
 
+def load_dim_preset(name: str, dim: int) -> tuple[dict, dict]:
+    """``(params, sources)`` of the ``params_<dim>d:`` / ``sources_<dim>d:`` maps of
+    ``presets/methods/<name>.yaml``: the defaults that replace ``params:`` when the problem is
+    ``dim``-dimensional (empty maps if the preset has none)."""
+    path = PRESET_DIR / f"{name}.yaml"
+    data = (read_yaml(path) or {}) if path.is_file() else {}
+    return dict(data.get(f"params_{int(dim)}d") or {}), dict(data.get(f"sources_{int(dim)}d") or {})
+
+
 def normalise_key(key: str) -> str:
     """A parameter name as the methods spell it: stripped, dashes -> underscores."""
     return str(key).strip().replace("-", "_")

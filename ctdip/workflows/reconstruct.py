@@ -332,7 +332,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     config: dict[str, Any] = {
         "method": name, "method_kind": getattr(cls, "kind", "dip"),
         "preset": {"path": preset["path"], "params": preset["params"], "sources": sources},
-        "overrides": overrides, "params": resolved,
+        "overrides": overrides, "params": dict(m.params),  # after preflight's 3D defaults
         "seed": int(seed), "device": dev, "backend": problem.info.get("backend", backend),
         "holdout": float(holdout), "stop_early": bool(stop_early), "time_limit_s": limit_s,
         "scan": {"folder": str(Path(scan.source).resolve()) if scan.source is not None else None, "layout": scan.layout,
