@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from ctdip.core.io import preset_dir
 from ctdip.errors import UserError
 
 # method parameters with their own flag (``reconstruct`` and ``batch``)
@@ -16,7 +17,8 @@ ITERATIONS = typer.Option(None, "--iterations", "-n", metavar="N", show_default=
 LR = typer.Option(None, "--lr", metavar="LR", show_default="method preset", help="Learning rate (DIP methods).")
 INPUT = typer.Option(None, "--input", metavar="KIND", help="Network input: noise, fbp, adjoint or learnable.")
 NETWORK = typer.Option(None, "--network", metavar="NAME|FILE",
-                       help="Network preset (light, paper, tiny, 3d) or YAML file.")
+                       help="Network preset (" + ", ".join(sorted(p.stem for p in preset_dir("networks").glob("*.yaml")))
+                       + ") or YAML file.")
 TV_WEIGHT = typer.Option(None, "--tv-weight", metavar="W", help="TV weight (pdhg-tv, tv, ...).")
 WEIGHTS = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (EDIP).")
 # scan option (``reconstruct``, ``batch`` and ``pretrain``)
