@@ -18,7 +18,7 @@ iteration at which the EMA image reaches
 * (c) the run's own returned PSNR (``recon.tif``) - 0.2 dB,
 
 and the same for the iterate (in brackets). ``edip`` / ``edip-fe`` are timed with a warm start
-pretrained here for the scan's geometry (``ctdip.training.pretrain.WARM_START_DEFAULTS``, timed,
+pretrained here for the scan's geometry (``ctdip.training.warmstart.WARM_START_DEFAULTS``, timed,
 never cached): once excluding the pretraining and once with it amortised over ``--specimens``
 (10) scans of one geometry, ``t + T_pretrain / 10``, the ``ctdip batch`` use.
 
@@ -117,7 +117,8 @@ def pretrain_time(scan, method: str, workdir: Path, steps: int | None) -> tuple[
 
     from ctdip.core.problem import Problem
     from ctdip.networks import network_preset
-    from ctdip.training.pretrain import WARM_START_DEFAULTS, PretrainConfig, pretrain_for_problem
+    from ctdip.training.pretrain import PretrainConfig, pretrain_for_problem
+    from ctdip.training.warmstart import WARM_START_DEFAULTS
     from ctdip.workflows.reconstruct import resolve_method
 
     _, _, _, _, _, resolved = resolve_method(method, {})

@@ -149,7 +149,7 @@ class Case:
         self.problem.adjoint(self.r)
 
     def tv(self) -> None:
-        from ctdip.priors.denoisers import tv_norm
+        from ctdip.priors.tv import tv_norm
 
         x = self.x.clone().requires_grad_(True)
         tv_norm(x).backward()
@@ -162,7 +162,7 @@ class Case:
         opt.step()
 
     def step(self, v: str, tv_weight: float = 0.0) -> None:
-        from ctdip.priors.denoisers import tv_norm
+        from ctdip.priors.tv import tv_norm
 
         net, opt = self.nets[v], self.opts[v]
         opt.zero_grad(set_to_none=True)
