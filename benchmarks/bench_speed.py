@@ -102,8 +102,7 @@ def run_dip(scan, method: str, params: dict, workdir: Path, every: int) -> dict:
 
     out = workdir / f"run{len(list(workdir.iterdir()))}"
     with Tracker(every) as tr:
-        rs = reconstruct(scan, method, {**params, "checkpoint_every": 0}, output=out, quiet=True,
-                         progress=False, backend="matrix")
+        rs = reconstruct(scan, method, {**params, "checkpoint_every": 0}, output=out, backend="matrix")
         wall = time.perf_counter() - tr.start - tr.scoring
     s = rs.summary
     return {"method": method, "params": {k: str(v) for k, v in params.items()},
