@@ -216,6 +216,16 @@ def reference_for_run(entry: Entry, ref: np.ndarray) -> np.ndarray:
     return np.asarray(resample(ref, old, run_vol), dtype=np.float32)
 
 
+def _read_optional(run: RunFolder, name: str, read: Callable[[], Any], kind: str) -> Any:
+    """``read()`` of the run's file ``name``, ``{}`` when it is absent; unreadable: a UserError."""
+    if not run.file(name).exists():
+        return {}
+    try:
+        return read()
+    except Exception as e:
+        raise UserError(f"bad {kind} ({type(e).__name__})", path=run.file(name)) from None
+
+
 def load_entry(path: str | Path) -> Entry:
     """A run folder (with recon.tif) or a plain volume file."""
     path = Path(path)
@@ -224,20 +234,10 @@ def load_entry(path: str | Path) -> Entry:
         if not run.file("recon.tif").exists():
             hint = " (unfinished run?)" if run.file("config.yaml").exists() else " (not a run folder)"
             raise UserError("no recon.tif" + hint, path=path)
-        cfg: dict = {}
-        if run.file("config.yaml").exists():
-            try:
-                cfg = run.read_config()
-            except Exception as e:
-                raise UserError(f"bad YAML ({type(e).__name__})", path=run.file("config.yaml")) from None
-            if not isinstance(cfg, dict):
-                raise UserError("config is not a mapping", path=run.file("config.yaml"))
-        summary: dict = {}
-        if run.file("summary.json").exists():
-            try:
-                summary = run.read_summary()
-            except Exception as e:
-                raise UserError(f"bad JSON ({type(e).__name__})", path=run.file("summary.json")) from None
+        cfg = _read_optional(run, "config.yaml", run.read_config, "YAML")
+        if not isinstance(cfg, dict):
+            raise UserError("config is not a mapping", path=run.file("config.yaml"))
+        summary = _read_optional(run, "summary.json", run.read_summary, "JSON")
         try:
             rows = run.read_metrics()
         except Exception as e:
