@@ -19,6 +19,7 @@ INPUT = typer.Option(None, "--input", metavar="KIND", help="Network input: noise
 NETWORK = typer.Option(None, "--network", metavar="NAME|FILE",
                        help="Network preset (" + ", ".join(sorted(p.stem for p in preset_dir("networks").glob("*.yaml")))
                        + ") or YAML file.")
+BACKEND_HELP = "Operator backend: auto, matrix, torch, astra-cuda (or one a plugin registered)."
 TV_WEIGHT = typer.Option(None, "--tv-weight", metavar="W", help="TV weight (pdhg-tv, tv, ...).")
 WEIGHTS = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (EDIP).")
 # scan option (``reconstruct``, ``batch`` and ``pretrain``)

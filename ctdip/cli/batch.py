@@ -10,6 +10,7 @@ import typer
 
 from ctdip.cli._options import (
     ANGLES,
+    BACKEND_HELP,
     BIN,
     INPUT,
     ITERATIONS,
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         orbit: Optional[int] = ORBIT,
         seed: int = typer.Option(0, "--seed", help="Seed for every specimen."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:i]."),
-        backend: str = typer.Option("auto", "--backend", help="Projector backend."),
+        backend: str = typer.Option("auto", "--backend", metavar="NAME", help=BACKEND_HELP),
         holdout: float = typer.Option(0.0, "--holdout", help="Fraction of views held out for the residual."),
         stop_early: bool = typer.Option(False, "--stop-early", help="Stop each run at its early-stopping point."),
         time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Per specimen: seconds or HH:MM:SS, then checkpoint (resumed next call)."),

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from ctdip.cli._options import ORBIT
+from ctdip.cli._options import BACKEND_HELP, ORBIT
 from ctdip.core.validate import check_output_path
 from ctdip.errors import UserError
 
@@ -111,7 +111,7 @@ def pretrain_command(
     select_iters: int = typer.Option(300, "--select-iters", help="DIP iterations per candidate for --select rise-time."),
     seed: int = typer.Option(0, "--seed", help="Seed of network init and data."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
-    backend: str = typer.Option("auto", "--backend", help="Ray transform backend."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME", help=BACKEND_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from <output>.ckpt/state.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from ctdip.cli._options import (
     ANGLES,
+    BACKEND_HELP,
     BIN,
     INPUT,
     ITERATIONS,
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
         set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Any method param: KEY=VALUE (repeatable, YAML value)."),
         seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help="Random seed (default 0)."),
         device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu or cuda[:i]."),
-        backend: Optional[str] = typer.Option(None, "--backend", metavar="NAME", help="Operator backend: auto, matrix, torch, astra-cuda."),
+        backend: Optional[str] = typer.Option(None, "--backend", metavar="NAME", help=BACKEND_HELP),
         holdout: Optional[float] = typer.Option(None, "--holdout", metavar="FRACTION", help="Fraction of views held out (no-reference quality signal)."),
         stop_early: bool = typer.Option(False, "--stop-early", help="End DIP runs at the ES-WMV early-stopping point."),
         resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue the run folder RUN (needs nothing else)."),
