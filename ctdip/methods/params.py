@@ -127,26 +127,15 @@ def coerce(method: str, key: str, value: Any, default: Any) -> Any:
         raise UserError(f"method '{method}': parameter '{key}' expects {type(default).__name__}, got '{value}'") from None
 
 
-def _rules(aliases: dict[str, str] | None = None) -> dict:
-    """``ctdip.core.validate.METHOD_PARAMS``, plus each current name that the rules know only by
-    an old name (an alias), with the old name's rule."""
-    from ctdip.core.validate import METHOD_PARAMS
-
-    rules = dict(METHOD_PARAMS)
-    for old, current in (aliases or {}).items():
-        if current not in rules and old in rules:
-            rules[current] = rules[old]
-    return rules
-
-
-def check_numbers(params: dict, given_as: dict | None = None, aliases: dict[str, str] | None = None) -> dict:
-    """``params`` with every numeric parameter checked by its rule (:func:`_rules`; integral
+def check_numbers(params: dict, given_as: dict | None = None) -> dict:
+    """``params`` with every numeric parameter checked by its rule
+    (:data:`ctdip.core.validate.METHOD_PARAMS`, under the parameters' current names; integral
     floats become ints); the error names the option as given (``given_as``)."""
-    from ctdip.core.validate import param_option
+    from ctdip.core.validate import METHOD_PARAMS, param_option
 
     given_as = given_as or {}
     out = dict(params)
-    for key, rule in _rules(aliases).items():
+    for key, rule in METHOD_PARAMS.items():
         if key in out:
             out[key] = rule(out[key], param_option(given_as.get(key, key)))
     return out
@@ -173,13 +162,14 @@ def resolve(method: str, defaults: dict, params: dict | None = None, *, aliases:
     if unknown:
         raise UserError(_unknown(method, unknown, base))
     resolved = dict(base)
-    rules = _rules(aliases)
+    from ctdip.core.validate import METHOD_PARAMS
+
     for key, value in given.items():
         if value is None:
             continue
-        if getattr(rules.get(key), "auto", False) and isinstance(value, str) and value.strip().lower() == "auto":
+        if getattr(METHOD_PARAMS.get(key), "auto", False) and isinstance(value, str) and value.strip().lower() == "auto":
             resolved[key] = value  # the method chooses the value (e.g. a cross-validated tv_weight)
         else:
             resolved[key] = coerce(method, given_as[key], value, base[key])
     preset_sources, _ = canonical(preset["sources"], aliases, method)
-    return check_numbers(resolved, given_as, aliases), {**(sources or {}), **preset_sources}
+    return check_numbers(resolved, given_as), {**(sources or {}), **preset_sources}
