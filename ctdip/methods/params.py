@@ -23,6 +23,7 @@ A preset entry is a plain value (its source in the ``sources:`` map) or
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -33,30 +34,36 @@ from ctdip.errors import UserError
 PRESET_DIR = preset_dir("methods")
 
 
-def load_preset(name: str) -> dict:
-    """``{"path", "params", "sources"}`` of ``presets/methods/<name>.yaml`` (path None and empty
-    maps if there is none); ``{value, source}`` entries are split into the two maps."""
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        return {"path": None, "params": {}, "sources": {}}
-    data = read_yaml(path) or {}
-    params = dict(data.get("params") or {})
-    sources = dict(data.get("sources") or {})
+def _entries(params: dict | None, sources: dict | None) -> tuple[dict, dict]:
+    """A preset's ``params``/``sources`` maps with each ``{value, source}`` entry split into the two."""
+    params, sources = dict(params or {}), dict(sources or {})
     for key, value in list(params.items()):
         if isinstance(value, dict) and "value" in value:
             params[key] = value["value"]
             if "source" in value:
                 sources[key] = value["source"]
-    return {"path": str(path), "params": params, "sources": sources}
+    return params, sources
+
+
+def _read(name: str) -> tuple[Path | None, dict]:
+    path = PRESET_DIR / f"{name}.yaml"
+    return (path, read_yaml(path) or {}) if path.is_file() else (None, {})
+
+
+def load_preset(name: str) -> dict:
+    """``{"path", "params", "sources"}`` of ``presets/methods/<name>.yaml`` (path None and empty
+    maps if there is none); ``{value, source}`` entries are split into the two maps."""
+    path, data = _read(name)
+    params, sources = _entries(data.get("params"), data.get("sources"))
+    return {"path": None if path is None else str(path), "params": params, "sources": sources}
 
 
 def load_dim_preset(name: str, dim: int) -> tuple[dict, dict]:
     """``(params, sources)`` of the ``params_<dim>d:`` / ``sources_<dim>d:`` maps of
     ``presets/methods/<name>.yaml``: the defaults that replace ``params:`` when the problem is
-    ``dim``-dimensional (empty maps if the preset has none)."""
-    path = PRESET_DIR / f"{name}.yaml"
-    data = (read_yaml(path) or {}) if path.is_file() else {}
-    return dict(data.get(f"params_{int(dim)}d") or {}), dict(data.get(f"sources_{int(dim)}d") or {})
+    ``dim``-dimensional (empty maps if the preset has none); entries as in :func:`load_preset`."""
+    _, data = _read(name)
+    return _entries(data.get(f"params_{int(dim)}d"), data.get(f"sources_{int(dim)}d"))
 
 
 def normalise_key(key: str) -> str:
