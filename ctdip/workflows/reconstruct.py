@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ctdip.core.device import resolve_device  # noqa: F401  (re-used by the CLI)
+from ctdip.core.device import resolve_device
 from ctdip.core.validate import FRACTION
 from ctdip.errors import UserError
 
