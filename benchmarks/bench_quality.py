@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -116,8 +117,8 @@ def one_run(scan, method: str, params: dict, workdir: Path) -> dict:
     return row
 
 
-def run_row(name: str, scan, workdir: Path, iterations: int | None) -> dict:
-    params: dict = {}
+def run_row(name: str, scan, workdir: Path, iterations: int | None, overrides: dict | None = None) -> dict:
+    params: dict = dict(overrides or {})
     if name == "fbp":
         return one_run(scan, "fbp", {}, workdir)
     if name == "pdhg-tv-oracle":
@@ -194,10 +195,19 @@ def main(argv=None) -> int:
                     help="CT noise: Poisson 1e4 photons and/or 5 %% Gaussian (walnut: always 5 %% Gaussian)")
     ap.add_argument("--tuning", action="store_true", help="tuning slices and tuning walnut (quality_tuning.*)")
     ap.add_argument("--iterations", type=int, default=None, help="override DIP iterations (recorded in the row)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="method parameters (only with --tuning: a reported row uses the shipped defaults); "
+                         "the row is keyed 'METHOD KEY=VALUE ...'")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args(argv)
+    if args.set and not args.tuning:
+        ap.error("--set is only for --tuning runs: a benchmark row uses the shipped defaults")
+    overrides = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        overrides[k.strip().replace("-", "_")] = yaml.safe_load(v)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -218,21 +228,24 @@ def main(argv=None) -> int:
                 cmd.append("--tuning")
             if args.iterations is not None and m not in BASELINES:
                 cmd += ["--iterations", str(args.iterations)]
+            if args.set:
+                cmd += ["--set", *args.set]
+            name = " ".join([m, *args.set])
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="ctdip_quality_") as tmp:
                 try:
-                    row = run_row(m, scan, Path(tmp), args.iterations)
+                    row = run_row(m, scan, Path(tmp), args.iterations, overrides)
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row = {"method": m, "error": f"{type(e).__name__}: {e}"}
             row.update(label=label, command=".venv/bin/python " + shlex.join(cmd), threads=args.threads,
                        load=[load0, os.getloadavg()[0]], bench_s=round(time.perf_counter() - t0, 1))
             if args.iterations is not None and m not in BASELINES:
                 row["iterations_override"] = args.iterations
-            results.setdefault(key, {})[m] = row
+            results.setdefault(key, {})[name] = row
             jpath.write_text(json.dumps(results, indent=1) + "\n")
             write_markdown(results, out, args.tuning)
-            print(f"{key:22s} {m:16s} " + (f"error {row['error']}" if "error" in row else
+            print(f"{key:22s} {name:16s} " + (f"error {row['error']}" if "error" in row else
                   f"returned {row['returned_psnr']:.2f} dB  peak {fmt(row.get('peak_psnr'))}  {fmt(row.get('wall_s'), 0)} s"),
                   flush=True)
     return 0

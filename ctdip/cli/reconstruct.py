@@ -158,11 +158,19 @@ def print_summary(rs: RunSummary) -> None:
     con.print(line)
     for line in number_lines(s):
         con.print("  " + line)
-    choice = (s.get("result") or {}).get("tv_weight_choice")
-    if choice:
-        from ctdip.methods.selection import choice_text
+    result = s.get("result") or {}
+    if result.get("tv_weight_choice") or result.get("sigma_choice"):
+        from ctdip.methods.selection import choice_text, sigma_text
 
-        con.print(f"  choice: {choice_text(choice)}")
+        if result.get("tv_weight_choice"):
+            con.print(f"  choice: {choice_text(result['tv_weight_choice'])}")
+        if result.get("sigma_choice"):
+            con.print(f"  choice: {sigma_text(result['sigma_choice'])}")
+    stop = result.get("holdout_stop")
+    if stop and (result.get("params") or {}).get("output") == "holdout" and stop.get("iter") is not None:
+        con.print(f"  choice: returned iterate {stop['iter']} of {s.get('iterations')} (least held-out residual "
+                  f"{stop['holdout_residual']:.3g} on {stop['held_out_views']} held-out views; "
+                  f"fitted {stop['fitted_views']})")
     con.print(f"  recon:   {rs.recon_path}")
     con.print(f"  preview: {rs.preview_path}")
 

@@ -28,6 +28,9 @@ Callbacks (each has a ``state_dict`` saved in the checkpoint, so a resumed run i
   peak-PSNR iterate (``recon_best.tif``).
 * **Held-out views** (``--holdout``): the relative residual ``||A_h x - y_h||^2 / ||y_h||^2`` on
   views kept out of the fit, logged as ``holdout``: a no-reference quality signal.
+  :class:`HoldoutStop` keeps the logged iterate of least held-out residual (the reference-free
+  stopping point of ``output: holdout``); with ``stop_early`` the run ends after ``es_patience``
+  iterations without a new minimum.
 * **Checkpoints** every M iterations, at the end, on SIGTERM/SIGINT (then :class:`RunInterrupted`, a
   ``KeyboardInterrupt``)
   and at the time budget (then :class:`~ctdip.errors.TimeLimitReached`), written atomically.
@@ -339,6 +342,48 @@ class Picks(Callback):
             setattr(self, k, v)
 
 
+class HoldoutStop(Callback):
+    """The reference-free stopping point: the logged iterate whose held-out-view residual
+    ``||A_h x - y_h||^2 / ||y_h||^2`` is smallest (a network that has started to fit the noise
+    predicts the views it never saw worse). Evaluated every ``every`` iterations; with ``stop`` the
+    run ends once ``patience`` iterations have passed without a new minimum."""
+
+    name = "holdout"
+
+    def __init__(self, every: int, patience: int, stop: bool = False):
+        self.every, self.patience, self.stop = max(1, int(every)), int(patience), bool(stop)
+        self.best = float("inf")
+        self.best_iter: int | None = None
+        self.image: torch.Tensor | None = None
+        self.evaluated = 0
+        self.stopped_at: int | None = None
+
+    def on_iteration(self, eng, it, x, out):
+        if it % self.every and it != 1:
+            return False
+        r = holdout_residual(eng.problem, x)
+        self.evaluated += 1
+        if r < self.best:
+            self.best, self.best_iter, self.image = r, it, x.clone()
+        if self.stop and self.best_iter is not None and it - self.best_iter >= self.patience:
+            self.stopped_at = it
+            return True
+        return False
+
+    def evidence(self, problem) -> dict:
+        return {"rule": "logged iterate of least held-out-view residual ||A_h x - y_h||^2 / ||y_h||^2",
+                "iter": self.best_iter, "holdout_residual": None if math.isinf(self.best) else self.best,
+                "held_out_views": int(problem.y_held.shape[0]), "fitted_views": int(problem.y.shape[0]),
+                "evaluated_every": self.every, "stopped_at": self.stopped_at}
+
+    def state_dict(self):
+        return {k: getattr(self, k) for k in ("best", "best_iter", "image", "evaluated", "stopped_at")}
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
 # ============================================================================ engine
 class Engine:
     """Runs a :class:`DIPModel` on a Problem within a RunContext (see module docstring)."""
@@ -357,6 +402,10 @@ class Engine:
                                    stop=bool(ctx.stop_early))
         self.picks = Picks(self.reference)
         self.callbacks: list[Callback] = [self.ema, self.es, self.picks, *(extra_callbacks or [])]
+        self.holdout: HoldoutStop | None = None
+        if problem.A_held is not None and problem.y_held is not None:
+            self.holdout = HoldoutStop(config.log_every, config.es_patience, stop=bool(ctx.stop_early))
+            self.callbacks.append(self.holdout)
         self.history: list[dict] = []
         self.iteration = 0
         self.elapsed_before = 0.0
@@ -596,6 +645,8 @@ class Engine:
         picks = {"ema": self.ema.value, "es": self.es.best, "min_loss": self.picks.min_loss_image}
         if self.reference is not None:
             picks["best"] = self.picks.peak_image
+        if self.holdout is not None:
+            picks["holdout"] = self.holdout.image
         picks = {k: v for k, v in picks.items() if v is not None}
         return EngineResult(image=final, picks=picks, summary=self.summary(final, picks), history=self.history)
 
@@ -604,7 +655,8 @@ class Engine:
         s: dict[str, Any] = {
             "iterations": self.iteration,
             "total_iterations": self.cfg.iterations,
-            "stopped_early": self.es.stopped_at is not None,
+            "stopped_early": self.es.stopped_at is not None
+                             or (self.holdout is not None and self.holdout.stopped_at is not None),
             "es_iter": self.es.best_iter,
             "es_wmv": None if math.isinf(self.es.var_min) else self.es.var_min,
             "min_loss_iter": self.picks.min_loss_iter,
@@ -626,8 +678,11 @@ class Engine:
                 s["es_psnr"] = self.picks.psnr(picks["es"])
             if "ema" in picks:
                 s["ema_psnr"] = self.picks.psnr(picks["ema"])
-        if self.problem.A_held is not None and self.problem.y_held is not None:
+        if self.holdout is not None:
             s["final_holdout"] = holdout_residual(self.problem, final)
+            s["holdout_stop"] = self.holdout.evidence(self.problem)
+            if self.reference is not None and self.holdout.image is not None:
+                s["holdout_stop"]["psnr"] = self.picks.psnr(self.holdout.image)
         return s
 
 

@@ -52,8 +52,13 @@ MODEL_OPTIONS: dict[str, tuple[Any, str | None]] = {
     "z_lr": (None, None),
     "view_batch": (0, "0 = every view each step; K = a random subset of K views per step (handbook §5.3, "
                       "ctdip/methods/_view_subsets.py)"),
+    "holdout_fraction": (0.1, "views held out for output: holdout when --holdout is not given (every 10th view; "
+                              "chosen on the tuning walnut, benchmarks/results/stopping.md)"),
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
+#: the returned image of the methods with an ``output`` parameter: the final iterate, the output
+#: EMA, or the logged iterate of least held-out-view residual (the reference-free stopping point)
+OUTPUTS = ("final", "ema", "holdout")
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 
 
@@ -78,6 +83,11 @@ class DIPMethod(Method, DIPModel):
             raise UserError(f"--input: must be one of {', '.join(INPUT_KINDS)}, got '{params['input']}'")
         choice(str(params["optimizer"]).lower(), "--set optimizer", OPTIMIZERS)
         choice(str(params["lr_schedule"]), "--set lr_schedule", LR_SCHEDULES)
+        if "output" in params and params["output"] not in OUTPUTS:
+            raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{params['output']}'")
+        hf = params.get("holdout_fraction")
+        if params.get("output") == "holdout" and not (isinstance(hf, (int, float)) and 0 < hf < 1):
+            raise UserError(f"--set holdout_fraction: output 'holdout' needs a fraction in (0, 1), got {hf!r}")
 
     # ------------------------------------------------------------------ building blocks
     def use_dim_defaults(self, problem) -> None:
@@ -197,7 +207,12 @@ class DIPMethod(Method, DIPModel):
         pass
 
     def choose_result(self, res) -> torch.Tensor:
-        """The returned reconstruction from the engine's result (default: the final image)."""
+        """The returned reconstruction from the engine's result, by the ``output`` parameter of the
+        methods that have one: the output EMA (``ema``), the iterate of least held-out residual
+        (``holdout``), the final image otherwise."""
+        out = self.params.get("output")
+        if out in ("ema", "holdout") and out in res.picks:
+            return res.picks[out]
         return res.image
 
     # ------------------------------------------------------------------ run
@@ -208,6 +223,8 @@ class DIPMethod(Method, DIPModel):
         if getattr(self, "ctx", None) is None:
             self.ctx = RunContext(quiet=True)
         self.use_dim_defaults(problem)
+        if self.params.get("output") == "holdout" and problem.A_held is None:
+            raise UserError(f"method '{self.name}': output 'holdout' needs held-out views (--holdout FRACTION)")
         self.arch = self.network_arch(problem)
         self.check_network(problem)
         if self.params.get("denoiser") is not None:

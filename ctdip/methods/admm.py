@@ -4,7 +4,8 @@ Fermanian et al. 2021 "Regularizing the deep image prior with a learned denoiser
 Splitting x = f_theta(z) = u with a scaled dual w (objective terms are means over voxels)::
 
     theta-step (every iteration):  theta <- Adam(theta, grad_theta [ ||A f_theta(z) - y||^2/||y||^2
-                                                                     + rho/2 mean (f_theta(z) - u + w)^2 ])
+                                                                     + rho/2 mean (f_theta(z) - u + w)^2
+                                                                     + tv_weight TV(f_theta(z)) ])
     every ``u_every`` iterations:  u <- D(x + w, sigma)          (x = f_theta(z), the current iterate)
                                    w <- w + x - u
 
@@ -12,6 +13,19 @@ Splitting x = f_theta(z) = u with a scaled dual w (objective terms are means ove
 default; ``tv`` = prox_{sigma^2 TV}; ``bm3d``; or a trained CNN weight file), ``sigma`` its strength
 in the image's scaled units (images O(1); for a CNN the Gaussian noise level it removes).
 u starts at the network's initial output, w at 0.
+
+``tv_weight`` (default 0: off) adds the TV term of :mod:`ctdip.methods.tv` to the network's loss,
+which keeps the DIP from fitting the noise between denoiser updates; ``tv_weight: auto`` is chosen
+as in ``tv`` (held-out-view CV of PDHG-TV, carried over times ``tv_factor``).
+
+``sigma: auto`` chooses the strength without a reference: ``sigma = sigma_factor * eta`` with
+``eta`` the noise level of the data estimated by held-out-view cross-validation of PDHG-TV
+(:func:`ctdip.methods.selection.denoiser_sigma`; the evidence goes to ``summary.json`` as
+``sigma_choice``). ``output: ema`` returns the output EMA instead of the final iterate.
+
+**recommended** (``--method recommended``) is this method with the preset chosen on the tuning
+objects for quality (``presets/methods/recommended.yaml``): the learned denoiser, ``sigma: auto``,
+cosine learning-rate decay and the EMA output.
 """
 
 from __future__ import annotations
@@ -24,23 +38,47 @@ from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
 
 class ADMM(DIPMethod):
     name = "admm"
-    defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "u_every": 5}
+    defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "u_every": 5, "output": "final",
+                "sigma_factor": 2.0, "tv_weight": 0.0, "tv_factor": 1.0,
+                "cv_folds": 5, "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
     param_aliases = SPLIT_ALIASES
+    choice = None  # the evidence of sigma: auto (selection.WeightChoice)
+
+    def check(self, params: dict) -> None:
+        super().check(params)
+        from ctdip.methods.selection import parse_grid
+
+        parse_grid(params["cv_grid"], self.name)
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
+        self.sigma, self.weight = self.params["sigma"], self.params["tv_weight"]
+        if "auto" in (self.sigma, self.weight):  # one cross-validation serves both
+            from ctdip.methods.selection import cv_from_params, denoiser_sigma, dip_tv_weight
+
+            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
+            if self.sigma == "auto":
+                self.sigma = denoiser_sigma(self.choice, float(self.params["sigma_factor"]))
+            if self.weight == "auto":
+                self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.params["tv_factor"]))
+                self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.params["tv_factor"]),
+                                         dip_tv_weight=self.weight)
+        self.sigma, self.weight = float(self.sigma), float(self.weight)
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
         self.w = torch.zeros_like(self.u)
 
     def objective(self, it, gen):
         step = super().objective(it, gen)
-        return step.plus(0.5 * float(self.params["rho"]) * ((step.image - self.u + self.w) ** 2).mean())
+        reg = 0.5 * float(self.params["rho"]) * ((step.image - self.u + self.w) ** 2).mean()
+        if self.weight:
+            reg = reg + self.weight * self.tv(step.image)
+        return step.plus(reg)
 
     @torch.no_grad()
     def after_step(self, it, image, gen):
         if it % int(self.params["u_every"]) == 0:
-            self.u = self.denoiser(image + self.w, float(self.params["sigma"]))
+            self.u = self.denoiser(image + self.w, self.sigma)
             self.w = self.w + image - self.u
 
     def method_state(self):
@@ -50,4 +88,13 @@ class ADMM(DIPMethod):
         self.u, self.w = state["u"].to(self.problem.device), state["w"].to(self.problem.device)
 
     def extra_summary(self):
-        return {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"]))}
+        out = {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"])), "sigma": self.sigma,
+               "output": self.params["output"]}
+        if self.weight:
+            out["tv_weight"] = self.weight
+        if self.choice is not None:
+            key = "sigma_choice" if self.params["sigma"] == "auto" else "tv_weight_choice"
+            out[key] = self.choice.as_dict()
+            if self.params["sigma"] == "auto" and self.params["tv_weight"] == "auto":
+                out["tv_weight_choice"] = out[key]
+        return out

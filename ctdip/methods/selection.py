@@ -19,6 +19,16 @@ The grid is scanned upwards and stops once CV has risen on two consecutive weigh
 minimum (CV is unimodal in practice: too small a weight fits noise, too large smooths edges
 away). All folds are solved at once as a batch (one operator application per PDHG iteration).
 
+:func:`cv_from_params` runs this CV with a method's ``cv_folds``, ``cv_grid`` and ``cv_iterations``.
+
+**Denoiser strength** (``sigma: auto`` of ``admm``, :func:`denoiser_sigma`): the minimum of the CV
+curve is the relative squared error with which the best TV reconstruction predicts views it did not
+see, i.e. the noise level of the data plus what TV cannot represent. Its root
+``eta = sqrt(min_lambda CV(lambda))`` is a reference-free noise level on the scale of the data, and
+the denoiser is run at ``sigma = sigma_factor * eta`` (images are O(1) in the Problem's scaled
+units, so a relative data noise maps to a relative image noise; the factor was chosen on the tuning
+objects, see ``presets/methods/recommended.yaml``).
+
 :func:`dip_tv_weight` carries a CV-chosen PDHG weight over to the TV-DIP loss of
 :mod:`ctdip.methods._dip` (``||A x - y||^2 / ||y||^2 + w mean_i |grad x|_i``): multiplying the
 PDHG objective by ``2 ||A||^2 / ||y||^2`` gives the same data term and ``w = 2 lambda N ||A||^2 /
@@ -138,6 +148,27 @@ def cv_tv_weight(problem, grid: list[float], *, folds: int = 5, iterations: int 
     return WeightChoice(rule="K-fold held-out-view cross-validation (argmin of the held-out residual)",
                         weights=weights, residuals=res, chosen=chosen, folds=len(held), iterations=iterations,
                         wall_s=time.perf_counter() - t0)
+
+
+def cv_from_params(problem, params: dict, method: str, ctx=None) -> WeightChoice:
+    """:func:`cv_tv_weight` with a method's ``cv_grid``, ``cv_folds`` and ``cv_iterations``."""
+    return cv_tv_weight(problem, parse_grid(params["cv_grid"], method), folds=int(params["cv_folds"]),
+                        iterations=int(params["cv_iterations"]), ctx=ctx)
+
+
+def denoiser_sigma(choice: WeightChoice, factor: float) -> float:
+    """``sigma = factor * sqrt(min CV residual)`` (module docstring); records the evidence in ``choice``."""
+    eta = math.sqrt(max(min(choice.residuals), 0.0))
+    sigma = float(factor) * eta
+    choice.extra.update(noise_level=eta, sigma_factor=float(factor), sigma=sigma)
+    return sigma
+
+
+def sigma_text(choice: dict) -> str:
+    """One console line for a ``sigma_choice`` summary entry."""
+    return (f"sigma {choice['sigma']:.3g} = {choice['sigma_factor']:g} x noise level {choice['noise_level']:.3g} "
+            f"(root of the minimum {choice['folds']}-fold held-out-view residual of PDHG-TV, at weight "
+            f"{choice['chosen']:.2g})")
 
 
 def dip_tv_weight(problem, pdhg_weight: float, factor: float = 1.0) -> float:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import sys
 
-from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
 
-OUTPUTS = ("final", "ema")
 #: what ``benchmarks/results/3d.md`` measured for the 3D defaults (64^3 walnut, 60 cone views, 2 %
 #: noise, 2 CPU threads): iterations and training seconds until FDK + 3 dB, seconds per iteration
 BENCH_3D = {"iterations_to_fdk3": 455, "seconds_to_fdk3": 305, "s_per_iteration": 0.68}
@@ -60,8 +58,6 @@ class TVDIP(DIPMethod):
         super().check(params)  # tv_weight: a number >= 0 or "auto" (ctdip.core.validate)
         from ctdip.methods.selection import parse_grid
 
-        if params["output"] not in OUTPUTS:
-            raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{params['output']}'")
         parse_grid(params["cv_grid"], self.name)
 
     def setup(self, problem, gen) -> None:
@@ -70,11 +66,9 @@ class TVDIP(DIPMethod):
             sys.stderr.write(note_3d(int(self.params["iterations"])) + "\n")
         self.weight = self.params["tv_weight"]
         if self.weight == "auto":
-            from ctdip.methods.selection import cv_tv_weight, dip_tv_weight, parse_grid
+            from ctdip.methods.selection import cv_from_params, dip_tv_weight
 
-            self.choice = cv_tv_weight(problem, parse_grid(self.params["cv_grid"], self.name),
-                                       folds=int(self.params["cv_folds"]), iterations=int(self.params["cv_iterations"]),
-                                       ctx=getattr(self, "ctx", None))
+            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
             self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.params["tv_factor"]))
             self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.params["tv_factor"]),
                                      dip_tv_weight=self.weight)
@@ -83,11 +77,6 @@ class TVDIP(DIPMethod):
     def objective(self, it, gen):
         step = super().objective(it, gen)
         return step.plus(self.weight * self.tv(step.image))
-
-    def choose_result(self, res):
-        if self.params["output"] == "ema" and "ema" in res.picks:
-            return res.picks["ema"]
-        return res.image
 
     def extra_summary(self) -> dict:
         out = {"tv_weight": self.weight, "output": self.params["output"]}
