@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_data as bd  # noqa: E402
 
-DIP_METHODS = ["recommended", "vanilla", "tv", "tv-hqs", "self-guided", "aseq", "admm", "hqs-denoiser", "red",
+DIP_METHODS = ["recommended", "recommended-tv", "vanilla", "tv", "tv-hqs", "self-guided", "aseq", "admm", "hqs-denoiser", "red",
                "edip", "edip-fe"]
 BASELINES = ["fbp", "pdhg-tv-oracle", "pdhg-tv-auto"]
 ORACLE_GRID = [2e-4, 4e-4, 8e-4, 1.2e-3, 1.6e-3, 2.4e-3, 3.2e-3, 6.4e-3]

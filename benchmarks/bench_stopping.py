@@ -6,6 +6,7 @@ Each run fits a method with 10 % of the views held out (every 10th view, ``holdo
 * ``final``: the network at its last iteration (what the method returned before this choice);
 * ``holdout``: the logged iterate of least held-out residual (``output: holdout``,
   :class:`ctdip.dip.engine.HoldoutStop`), chosen without the reference;
+* ``holdout-ema``: the same choice among the output EMA's values (``output: holdout-ema``);
 * ``es``: the ES-WMV pick (minimum windowed variance, ``recon_es.tif``), chosen without the reference;
 * ``peak``: the best logged iterate (needs the reference: the oracle stopping point).
 
@@ -56,6 +57,7 @@ def one(obj: str, views: int, method: str, params: dict) -> dict:
     stop = r["holdout_stop"]
     return {"label": f"{label}, {views} views", "method": method, "params": params,
             "final": s["returned"]["psnr"], "holdout": stop["psnr"], "holdout_iter": stop["iter"],
+            "holdout_ema": stop.get("ema_psnr"), "holdout_ema_iter": stop.get("ema_iter"),
             "es": (s.get("early_stop") or {}).get("psnr"), "es_iter": (s.get("early_stop") or {}).get("iter"), "peak": s["peak"]["psnr"],
             "peak_iter": s["peak"]["iter"], "iterations": s["iterations"], "wall_s": round(wall, 1),
             "held_out_views": stop["held_out_views"]}
@@ -67,13 +69,14 @@ def write_markdown(results: dict, path: Path) -> None:
              "candidate stopping point of one run with 10 % of the views held out; *holdout* and *ES-WMV* "
              "are chosen without the reference, *peak* needs it (the oracle). Shipped parameters of each method "
              "except `output` (and those listed); 2 torch threads.", "",
-             "| object | method | final | holdout pick (iter) | ES-WMV pick (iter) | peak (iter) | held-out views | wall s | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| object | method | final | holdout pick (iter) | holdout-ema pick (iter) | ES-WMV pick (iter) | peak (iter) | held-out views | wall s | command |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results):
         r = results[key]
         f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
         lines.append(f"| {r['label']} | {r['method']} {' '.join(f'{k}={v}' for k, v in r['params'].items())} | "
-                     f"{f(r['final'])} | {f(r['holdout'])} ({r['holdout_iter']}) | {f(r['es'])} ({r['es_iter']}) | "
+                     f"{f(r['final'])} | {f(r['holdout'])} ({r['holdout_iter']}) | "
+                     f"{f(r.get('holdout_ema'))} ({r.get('holdout_ema_iter', '–')}) | {f(r['es'])} ({r['es_iter']}) | "
                      f"{f(r['peak'])} ({r['peak_iter']}) | {r['held_out_views']} | {r['wall_s']:.0f} | `{r['command']}` |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
                 results[f"{obj}/{v}/{m} {' '.join(args.set)}".strip()] = row
                 jpath.write_text(json.dumps(results, indent=1) + "\n")
                 write_markdown(results, out)
-                print(f"{obj}/{v} {m}: final {row['final']:.2f} holdout {row['holdout']:.2f} es {row['es']} "
+                print(f"{obj}/{v} {m}: final {row['final']:.2f} holdout {row['holdout']:.2f} "
+                      f"holdout-ema {row['holdout_ema']} es {row['es']} "
                       f"peak {row['peak']:.2f}", flush=True)
     return 0
 

@@ -67,7 +67,7 @@ CV = {"cv_iterations": 20, "cv_grid": "1e-4:0.1:4"}
 
 @pytest.mark.parametrize("method,params", [
     ("pdhg-tv", {"iterations": 30, "cv_grid": "1e-4:0.1:4"}),
-    ("recommended", {**TINY, **CV}),
+    ("recommended", {**TINY, **CV}), ("recommended-tv", {**TINY, **CV}),
     ("vanilla", TINY), ("tv", TINY), ("tv-hqs", TINY), ("hqs-denoiser", TINY), ("red", TINY),
     ("admm", {**TINY, **CV, "sigma": "auto", "output": "ema"}),
     ("self-guided", {**TINY, "iterations": 4}), ("aseq", {**TINY, "block_steps": 4}),
@@ -108,5 +108,20 @@ def test_sigma_auto_is_the_scaled_root_of_the_cv_minimum(scan64, tmp_path):
     # 3x the relative noise: a larger level, by less than 3x since the held-out residual also holds
     # what TV cannot predict from 16 of 20 views (measured 1.6-1.9x)
     assert 1.3 < ratio < 3.0, ratio
-    with pytest.raises(UserError, match="--set sigma: must be"):
+    with pytest.raises(UserError, match="parameter .sigma. expects float, got .strong."):
         reconstruct(scan64, "admm", {**params, "sigma": "strong"}, output=tmp_path / "r3")
+
+
+def test_recommended_switches_to_tv_dip_on_noisy_data(scan64, tmp_path):
+    """``recommended``: the learned denoiser below ``switch_noise``, TV-DIP (recommended-tv's
+    objective, the same CV weight) above it; the choice is recorded with its evidence."""
+    from ctdip.workflows.reconstruct import reconstruct
+
+    p = {**TINY, **CV}
+    den = reconstruct(scan64, "recommended", {**p, "switch_noise": 1.0}, output=tmp_path / "d").summary["result"]
+    tv = reconstruct(scan64, "recommended", {**p, "switch_noise": 0.0}, output=tmp_path / "t").summary["result"]
+    ref = reconstruct(scan64, "recommended-tv", dict(p), output=tmp_path / "r").summary["result"]
+    assert den["family"] == "denoiser" and "tv_weight" not in den and den["sigma"] == den["sigma_choice"]["sigma"]
+    assert tv["family"] == "tv" and tv["sigma_choice"]["family"] == "tv"
+    assert tv["tv_weight"] == pytest.approx(ref["tv_weight"])  # the weight recommended-tv uses
+    assert tv["sigma_choice"]["noise_level"] == pytest.approx(den["sigma_choice"]["noise_level"])

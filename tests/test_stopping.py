@@ -15,12 +15,13 @@ def held():
 
 
 def test_holdout_pick_is_the_least_residual_logged_iterate(held):
-    m = get_method("vanilla")(**{**FAST, "iterations": 800, "lr": 0.02, "log_every": 10})
+    m = get_method("vanilla")(**{**FAST, "iterations": 800, "lr": 0.02, "log_every": 10, "output": "holdout"})
     res = m.run(held, RunContext(seed=0, quiet=True))
     stop = res.summary["holdout_stop"]
     logged = [(r["holdout"], r["iter"]) for r in res.history]
     assert stop["iter"] == min(logged)[1] and stop["holdout_residual"] == pytest.approx(min(logged)[0])
     assert stop["held_out_views"] == 4 and stop["fitted_views"] == 36
+    assert stop["ema_iter"] is not None and stop["ema_holdout_residual"] > 0  # the holdout-ema candidate
     # the returned image is that iterate, and it is better than the overfitted end (measured: final
     # 18.47 dB, peak 19.32 dB at 516, holdout pick 19.30 dB at 520)
     ref = held.reference
@@ -59,5 +60,8 @@ def test_vanilla_holds_out_views_by_default_and_says_so(tmp_path):
     assert rs.config["holdout"] == 0.1 and rs.summary["result"]["holdout_stop"]["held_out_views"] == 2
     rs = reconstruct(scan, "vanilla", dict(p), output=tmp_path / "b", holdout=0.2)  # an explicit fraction wins
     assert rs.config["holdout"] == 0.2 and rs.summary["result"]["holdout_stop"]["held_out_views"] == 4
+    rs = reconstruct(scan, "vanilla", {**p, "output": "holdout-ema"}, output=tmp_path / "d")
+    stop = rs.summary["result"]["holdout_stop"]
+    assert rs.summary["returned"]["psnr"] == pytest.approx(stop["ema_psnr"], abs=1e-3)
     rs = reconstruct(scan, "vanilla", {**p, "output": "final"}, output=tmp_path / "c")
     assert rs.config["holdout"] == 0.0 and "holdout_stop" not in rs.summary["result"]

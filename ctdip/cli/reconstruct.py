@@ -162,15 +162,19 @@ def print_summary(rs: RunSummary) -> None:
     if result.get("tv_weight_choice") or result.get("sigma_choice"):
         from ctdip.methods.selection import choice_text, sigma_text
 
-        if result.get("tv_weight_choice"):
+        if result.get("tv_weight_choice") and result.get("tv_weight_choice") != result.get("sigma_choice"):
             con.print(f"  choice: {choice_text(result['tv_weight_choice'])}")
         if result.get("sigma_choice"):
             con.print(f"  choice: {sigma_text(result['sigma_choice'])}")
     stop = result.get("holdout_stop")
-    if stop and (result.get("params") or {}).get("output") == "holdout" and stop.get("iter") is not None:
-        con.print(f"  choice: returned iterate {stop['iter']} of {s.get('iterations')} (least held-out residual "
-                  f"{stop['holdout_residual']:.3g} on {stop['held_out_views']} held-out views; "
-                  f"fitted {stop['fitted_views']})")
+    output = (result.get("params") or {}).get("output")
+    if stop and output in ("holdout", "holdout-ema"):
+        ema = output == "holdout-ema"
+        it, r = (stop["ema_iter"], stop["ema_holdout_residual"]) if ema else (stop["iter"], stop["holdout_residual"])
+        if it is not None:
+            con.print(f"  choice: returned the {'output EMA' if ema else 'iterate'} at iteration {it} of "
+                      f"{s.get('iterations')} (least held-out residual {r:.3g} on {stop['held_out_views']} "
+                      f"held-out views; {stop['fitted_views']} fitted)")
     con.print(f"  recon:   {rs.recon_path}")
     con.print(f"  preview: {rs.preview_path}")
 

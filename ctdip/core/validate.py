@@ -139,6 +139,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "sigma": Rule(minimum=0, auto=True),
     "sigma_factor": POSITIVE,
     "holdout_fraction": FRACTION,
+    "switch_noise": NONNEG,
     "rho": POSITIVE,
     "block_steps": POSITIVE_INT,
     "lam": NONNEG,

@@ -355,6 +355,10 @@ class HoldoutStop(Callback):
         self.best = float("inf")
         self.best_iter: int | None = None
         self.image: torch.Tensor | None = None
+        # the same choice among the output EMA's values (output: holdout-ema)
+        self.ema_best = float("inf")
+        self.ema_iter: int | None = None
+        self.ema_image: torch.Tensor | None = None
         self.evaluated = 0
         self.stopped_at: int | None = None
 
@@ -365,19 +369,31 @@ class HoldoutStop(Callback):
         self.evaluated += 1
         if r < self.best:
             self.best, self.best_iter, self.image = r, it, x.clone()
-        if self.stop and self.best_iter is not None and it - self.best_iter >= self.patience:
+        ema = eng.ema.value
+        if ema is not None:
+            r = holdout_residual(eng.problem, ema)
+            if r < self.ema_best:
+                self.ema_best, self.ema_iter, self.ema_image = r, it, ema.clone()
+        last = max(self.best_iter or 0, self.ema_iter or 0)
+        if self.stop and self.best_iter is not None and it - last >= self.patience:
             self.stopped_at = it
             return True
         return False
 
     def evidence(self, problem) -> dict:
-        return {"rule": "logged iterate of least held-out-view residual ||A_h x - y_h||^2 / ||y_h||^2",
-                "iter": self.best_iter, "holdout_residual": None if math.isinf(self.best) else self.best,
+        def num(v):
+            return None if math.isinf(v) else v
+
+        return {"rule": "logged iterate (holdout) or output-EMA value (holdout-ema) of least held-out-view "
+                        "residual ||A_h x - y_h||^2 / ||y_h||^2",
+                "iter": self.best_iter, "holdout_residual": num(self.best),
+                "ema_iter": self.ema_iter, "ema_holdout_residual": num(self.ema_best),
                 "held_out_views": int(problem.y_held.shape[0]), "fitted_views": int(problem.y.shape[0]),
                 "evaluated_every": self.every, "stopped_at": self.stopped_at}
 
     def state_dict(self):
-        return {k: getattr(self, k) for k in ("best", "best_iter", "image", "evaluated", "stopped_at")}
+        return {k: getattr(self, k) for k in ("best", "best_iter", "image", "ema_best", "ema_iter", "ema_image",
+                                              "evaluated", "stopped_at")}
 
     def load_state_dict(self, state):
         for k, v in state.items():
@@ -646,7 +662,7 @@ class Engine:
         if self.reference is not None:
             picks["best"] = self.picks.peak_image
         if self.holdout is not None:
-            picks["holdout"] = self.holdout.image
+            picks["holdout"], picks["holdout-ema"] = self.holdout.image, self.holdout.ema_image
         picks = {k: v for k, v in picks.items() if v is not None}
         return EngineResult(image=final, picks=picks, summary=self.summary(final, picks), history=self.history)
 
@@ -683,6 +699,8 @@ class Engine:
             s["holdout_stop"] = self.holdout.evidence(self.problem)
             if self.reference is not None and self.holdout.image is not None:
                 s["holdout_stop"]["psnr"] = self.picks.psnr(self.holdout.image)
+            if self.reference is not None and self.holdout.ema_image is not None:
+                s["holdout_stop"]["ema_psnr"] = self.picks.psnr(self.holdout.ema_image)
         return s
 
 

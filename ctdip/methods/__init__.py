@@ -24,8 +24,10 @@ REGISTRY: dict[str, str] = {
     "edip": "ctdip.methods.edip:EDIP",
     "edip-fe": "ctdip.methods.edip:EDIPFrozenEncoder",
     "subspace-dip": "ctdip.methods.subspace_dip:SubspaceDIP",
-    # the quality recommendation (TV-DIP with reference-free weight, presets/methods/recommended.yaml)
-    "recommended": "ctdip.methods.tv:Recommended",
+    # the quality recommendations: DIP + learned denoiser by ADMM at a reference-free strength
+    # (presets/methods/recommended.yaml) and TV-DIP at a reference-free weight (recommended-tv.yaml)
+    "recommended": "ctdip.methods.admm:Recommended",
+    "recommended-tv": "ctdip.methods.tv:RecommendedTV",
 }
 ALIASES = {"hqs": "hqs-denoiser", "sg-dip": "self-guided", "fdk": "fbp"}
 

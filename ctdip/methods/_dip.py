@@ -57,8 +57,9 @@ MODEL_OPTIONS: dict[str, tuple[Any, str | None]] = {
 }
 INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
 #: the returned image of the methods with an ``output`` parameter: the final iterate, the output
-#: EMA, or the logged iterate of least held-out-view residual (the reference-free stopping point)
-OUTPUTS = ("final", "ema", "holdout")
+#: EMA, or the logged iterate / EMA value of least held-out-view residual (the reference-free
+#: stopping point, ``ctdip.dip.engine.HoldoutStop``)
+OUTPUTS = ("final", "ema", "holdout", "holdout-ema")
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 
 
@@ -86,7 +87,7 @@ class DIPMethod(Method, DIPModel):
         if "output" in params and params["output"] not in OUTPUTS:
             raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{params['output']}'")
         hf = params.get("holdout_fraction")
-        if params.get("output") == "holdout" and not (isinstance(hf, (int, float)) and 0 < hf < 1):
+        if str(params.get("output")).startswith("holdout") and not (isinstance(hf, (int, float)) and 0 < hf < 1):
             raise UserError(f"--set holdout_fraction: output 'holdout' needs a fraction in (0, 1), got {hf!r}")
 
     # ------------------------------------------------------------------ building blocks
@@ -209,9 +210,10 @@ class DIPMethod(Method, DIPModel):
     def choose_result(self, res) -> torch.Tensor:
         """The returned reconstruction from the engine's result, by the ``output`` parameter of the
         methods that have one: the output EMA (``ema``), the iterate of least held-out residual
-        (``holdout``), the final image otherwise."""
+        (``holdout``) or the EMA value of least held-out residual (``holdout-ema``), the final image
+        otherwise."""
         out = self.params.get("output")
-        if out in ("ema", "holdout") and out in res.picks:
+        if out in ("ema", "holdout", "holdout-ema") and out in res.picks:
             return res.picks[out]
         return res.image
 
@@ -223,8 +225,9 @@ class DIPMethod(Method, DIPModel):
         if getattr(self, "ctx", None) is None:
             self.ctx = RunContext(quiet=True)
         self.use_dim_defaults(problem)
-        if self.params.get("output") == "holdout" and problem.A_held is None:
-            raise UserError(f"method '{self.name}': output 'holdout' needs held-out views (--holdout FRACTION)")
+        if str(self.params.get("output")).startswith("holdout") and problem.A_held is None:
+            raise UserError(f"method '{self.name}': output '{self.params['output']}' needs held-out views "
+                            "(--holdout FRACTION)")
         self.arch = self.network_arch(problem)
         self.check_network(problem)
         if self.params.get("denoiser") is not None:

@@ -98,3 +98,53 @@ class ADMM(DIPMethod):
             if self.params["sigma"] == "auto" and self.params["tv_weight"] == "auto":
                 out["tv_weight_choice"] = out[key]
         return out
+
+
+class Recommended(ADMM):
+    """ADMM with the learned denoiser at a CV-chosen strength, cosine learning rate and EMA output;
+    on noisy data (CV noise level above ``switch_noise``) TV-DIP with the CV-chosen weight instead.
+
+    The switch, chosen on the tuning objects: with the noise level ``eta`` of the held-out-view CV
+    (:func:`ctdip.methods.selection.denoiser_sigma`) at 0.017-0.026 (head-CT slices, Poisson 1e4
+    photons) the learned denoiser by ADMM returned 0.7-0.8 dB more than TV-DIP, while at 0.074-0.123
+    (the walnut phantom, 5 % Gaussian noise, sigma = 0.15-0.25) its iterates collapsed late in every
+    20-view run (3 of 3) and ended 0.4-0.8 dB below TV-DIP at 30 views
+    (``benchmarks/results/quality_tuning_runs.md``, ``stopping.md``). Above ``switch_noise`` (0.05, between the two
+    groups) the run is TV-DIP: the denoiser is off (``rho`` 0) and ``tv_weight`` is the CV weight
+    carried over times ``tv_factor``, the objective of ``recommended-tv``. The choice and its
+    evidence are in ``summary.json`` (``sigma_choice.family``)."""
+
+    name = "recommended"
+    defaults = {**ADMM.defaults, "switch_noise": 0.05, "tv_factor": 0.25}
+
+    def setup(self, problem, gen):
+        super().setup(problem, gen)
+        self.family = "denoiser"
+        if self.choice is not None and self.choice.extra.get("noise_level", 0.0) > float(self.params["switch_noise"]):
+            from ctdip.methods.selection import dip_tv_weight
+
+            self.family = "tv"
+            self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.params["tv_factor"]))
+            self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.params["tv_factor"]),
+                                     dip_tv_weight=self.weight)
+        if self.choice is not None:
+            self.choice.extra.update(family=self.family, switch_noise=float(self.params["switch_noise"]))
+
+    def objective(self, it, gen):
+        if self.family == "denoiser":
+            return super().objective(it, gen)
+        step = DIPMethod.objective(self, it, gen)
+        return step.plus(self.weight * self.tv(step.image))
+
+    @torch.no_grad()
+    def after_step(self, it, image, gen):
+        if self.family == "denoiser":
+            super().after_step(it, image, gen)
+
+    def extra_summary(self):
+        out = super().extra_summary()
+        out["family"] = self.family
+        if self.family == "tv":
+            out["tv_weight"] = self.weight
+            out["tv_weight_choice"] = out.get("sigma_choice")
+        return out

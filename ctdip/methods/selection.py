@@ -165,10 +165,13 @@ def denoiser_sigma(choice: WeightChoice, factor: float) -> float:
 
 
 def sigma_text(choice: dict) -> str:
-    """One console line for a ``sigma_choice`` summary entry."""
-    return (f"sigma {choice['sigma']:.3g} = {choice['sigma_factor']:g} x noise level {choice['noise_level']:.3g} "
-            f"(root of the minimum {choice['folds']}-fold held-out-view residual of PDHG-TV, at weight "
-            f"{choice['chosen']:.2g})")
+    """One console line for a ``sigma_choice`` summary entry (with ``recommended``'s family switch)."""
+    level = (f"noise level {choice['noise_level']:.3g} (root of the minimum {choice['folds']}-fold held-out-view "
+             f"residual of PDHG-TV, at weight {choice['chosen']:.2g})")
+    if choice.get("family") == "tv":
+        return (f"{level} is above {choice['switch_noise']:g}: TV-DIP with tv_weight {choice['dip_tv_weight']:.3g} "
+                "instead of the learned denoiser")
+    return f"sigma {choice['sigma']:.3g} = {choice['sigma_factor']:g} x {level}"
 
 
 def dip_tv_weight(problem, pdhg_weight: float, factor: float = 1.0) -> float:

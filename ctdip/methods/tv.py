@@ -21,8 +21,9 @@ the convex PDHG-TV weight (:func:`ctdip.methods.selection.cv_tv_weight`), carrie
 :func:`ctdip.methods.selection.dip_tv_weight` times ``tv_factor`` (the network regularises too, so it wants
 less TV than TV alone). ``output`` picks the returned image: the final iterate or the output EMA.
 
-**recommended** (``--method recommended``) is this method with the preset chosen on the tuning
-slices for quality per CPU-minute (``presets/methods/recommended.yaml``).
+**recommended-tv** (``--method recommended-tv``) is this method with the preset chosen on the tuning
+slices for quality per CPU-minute (``presets/methods/recommended-tv.yaml``); it was ``recommended``
+before the learned-denoiser configuration of :mod:`ctdip.methods.admm` took that name.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class TVDIP(DIPMethod):
         return out
 
 
-class Recommended(TVDIP):
-    """TV-DIP with a CV-chosen weight, FBP input, cosine learning rate and EMA output."""
+class RecommendedTV(TVDIP):
+    """TV-DIP with a CV-chosen weight, noise input, cosine learning rate and EMA output."""
 
-    name = "recommended"
+    name = "recommended-tv"

@@ -5,10 +5,11 @@
 
 with z fixed: noise ``z = 0.1 N(0, 1)`` (default) or ``--input fbp`` (the FBP of the data). Without
 regularisation the iterates overfit the noise, so the returned ``recon.tif`` is by default
-(``output: holdout``) the logged iterate that best predicts views kept out of the fit (every 10th
-view, ``holdout_fraction``; :class:`ctdip.dip.engine.HoldoutStop`): a stopping point chosen
-without a reference. ``output: final`` returns the network at its final parameters, ``ema`` the
-output EMA; the ES-WMV pick is written as ``recon_es.tif``.
+(``output: holdout-ema``) the output EMA at the logged iteration where it best predicted the views
+kept out of the fit (every 10th view, ``holdout_fraction``; :class:`ctdip.dip.engine.HoldoutStop`):
+a stopping point chosen without a reference. ``output: holdout`` picks among the iterates instead,
+``final`` returns the network at its final parameters, ``ema`` the final EMA; the ES-WMV pick is
+written as ``recon_es.tif``.
 """
 
 from __future__ import annotations
@@ -18,4 +19,4 @@ from ctdip.methods._dip import DIPMethod
 
 class Vanilla(DIPMethod):
     name = "vanilla"
-    defaults = {"output": "holdout"}
+    defaults = {"output": "holdout-ema"}

@@ -297,7 +297,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     name, cls, preset, overrides, m, resolved = resolve_method(method, params)
     sources = {**preset["sources"], **dict(getattr(m, "sources", {}) or {})}
     holdout = FRACTION(holdout, "--holdout")
-    if not holdout and m.params.get("output") == "holdout":  # the stopping point needs held-out views
+    if not holdout and str(m.params.get("output")).startswith("holdout"):  # the stopping point needs held-out views
         holdout = float(m.params["holdout_fraction"])
     limit_s = parse_time_limit(time_limit)
     dev = resolve_device(device)
