@@ -43,7 +43,7 @@ def test_stop_early_ends_after_patience_without_a_new_minimum(held):
 
 def test_holdout_output_needs_held_out_views():
     m = get_method("vanilla")(**{**FAST, "iterations": 5})
-    with pytest.raises(UserError, match="output 'holdout' needs held-out views"):
+    with pytest.raises(UserError, match="output 'holdout-ema' needs held-out views"):
         m.preflight(make_problem(n=32, views=12))
     with pytest.raises(UserError, match="holdout_fraction"):
         get_method("vanilla")(holdout_fraction=0.0)
@@ -65,3 +65,16 @@ def test_vanilla_holds_out_views_by_default_and_says_so(tmp_path):
     assert rs.summary["returned"]["psnr"] == pytest.approx(stop["ema_psnr"], abs=1e-3)
     rs = reconstruct(scan, "vanilla", {**p, "output": "final"}, output=tmp_path / "c")
     assert rs.config["holdout"] == 0.0 and "holdout_stop" not in rs.summary["result"]
+
+
+@pytest.mark.parametrize("name", ["red", "self-guided"])
+def test_every_dip_method_can_return_the_holdout_pick(held, name):
+    """``output`` is a parameter of every DIP method: ``holdout-ema`` overrides the method's own
+    returned image (red: the final image, self-guided: the EMA)."""
+    m = get_method(name)(**{**FAST, "iterations": 30, "output": "holdout-ema"})
+    res = m.run(held, RunContext(seed=0, quiet=True))
+    stop = res.summary["holdout_stop"]
+    assert metrics.psnr(res.recon, held.reference) == pytest.approx(stop["ema_psnr"], abs=1e-4)
+    assert get_method(name)().params["output"] == "method"
+    with pytest.raises(UserError, match="output must be one of method, final, ema, holdout, holdout-ema"):
+        get_method(name)(output="best")

@@ -52,6 +52,7 @@ MODEL_OPTIONS: dict[str, tuple[Any, str | None]] = {
     "z_lr": (None, None),
     "view_batch": (0, "0 = every view each step; K = a random subset of K views per step (handbook §5.3, "
                       "ctdip/methods/_view_subsets.py)"),
+    "output": ("method", "method = the method's own returned image (final network output for most; see its docstring)"),
     "holdout_fraction": (0.1, "views held out for output: holdout when --holdout is not given (every 10th view; "
                               "chosen on the tuning walnut, benchmarks/results/stopping.md)"),
 }
@@ -59,7 +60,7 @@ INPUT_KINDS = ("noise", "fbp", "adjoint", "learnable")
 #: the returned image of the methods with an ``output`` parameter: the final iterate, the output
 #: EMA, or the logged iterate / EMA value of least held-out-view residual (the reference-free
 #: stopping point, ``ctdip.dip.engine.HoldoutStop``)
-OUTPUTS = ("final", "ema", "holdout", "holdout-ema")
+OUTPUTS = ("method", "final", "ema", "holdout", "holdout-ema")
 OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
 
 
@@ -208,14 +209,17 @@ class DIPMethod(Method, DIPModel):
         pass
 
     def choose_result(self, res) -> torch.Tensor:
-        """The returned reconstruction from the engine's result, by the ``output`` parameter of the
-        methods that have one: the output EMA (``ema``), the iterate of least held-out residual
-        (``holdout``) or the EMA value of least held-out residual (``holdout-ema``), the final image
-        otherwise."""
-        out = self.params.get("output")
+        """The method's own returned reconstruction (``output: method``; default: the final image)."""
+        return res.image
+
+    def returned_image(self, res) -> torch.Tensor:
+        """The returned reconstruction by the ``output`` parameter: the method's own choice
+        (``method``, :meth:`choose_result`), the final image (``final``), the output EMA (``ema``),
+        the iterate or EMA value of least held-out residual (``holdout``, ``holdout-ema``)."""
+        out = self.params.get("output", "method")
         if out in ("ema", "holdout", "holdout-ema") and out in res.picks:
             return res.picks[out]
-        return res.image
+        return res.image if out == "final" else self.choose_result(res)
 
     # ------------------------------------------------------------------ run
     def preflight(self, problem: Problem) -> None:
@@ -267,7 +271,7 @@ class DIPMethod(Method, DIPModel):
         self.engine = Engine(problem, ctx, cfg, method_name=self.name, params=self.params, loss_info=loss_info)
         res = self.engine.run(self)
         self._views = None  # later data_fit calls see every view
-        recon = self.choose_result(res)
+        recon = self.returned_image(res)
         extras = {k: problem.to_volume(v)[0, 0] for k, v in res.picks.items() if k in ("es", "best", "ema")}
         summary = {
             "method": self.name, **res.summary,
