@@ -111,7 +111,7 @@ def one_run(scan, method: str, params: dict, workdir: Path) -> dict:
            "returned_ssim": metrics.ssim(rec, ref), "peak_psnr": s.get("peak", {}).get("psnr"),
            "peak_iter": s.get("peak", {}).get("iter"), "iterations": s.get("iterations"),
            "wall_s": s.get("wall_time_s"), "curve": rows}
-    for k in ("tv_weight", "tv_weight_choice", "output"):
+    for k in ("tv_weight", "tv_weight_choice", "output", "sigma", "sigma_choice", "family"):
         if k in res:
             row[k] = res[k]
     return row
@@ -171,9 +171,16 @@ def write_markdown(results: dict, path: Path, tuning: bool) -> None:
             notes = []
             if m == "pdhg-tv-oracle":
                 notes.append(f"best weight {r['params']['tv_weight']:g}")
+            sc = r.get("sigma_choice")
+            if sc and r.get("family") != "tv":
+                notes.append(f"σ {sc['sigma']:.3g} = {sc['sigma_factor']:g} × CV noise level {sc['noise_level']:.3g}")
+            elif sc:
+                notes.append(f"CV noise level {sc['noise_level']:.3g} > {sc['switch_noise']:g}: TV-DIP")
             ch = r.get("tv_weight_choice")
             if ch:
                 notes.append(f"CV weight {ch['chosen']:.3g}" + (f" → DIP {ch['dip_tv_weight']:.3g}" if "dip_tv_weight" in ch else ""))
+            if r.get("note"):
+                notes.append(r["note"])
             if r.get("iterations_override"):
                 notes.append(f"iterations set to {r['iterations_override']}")
             load = r.get("load", [None, None])
