@@ -21,7 +21,7 @@ def test_holdout_pick_is_the_least_residual_logged_iterate(held):
     logged = [(r["holdout"], r["iter"]) for r in res.history]
     assert stop["iter"] == min(logged)[1] and stop["holdout_residual"] == pytest.approx(min(logged)[0])
     assert stop["held_out_views"] == 4 and stop["fitted_views"] == 36
-    assert stop["ema_iter"] is not None and stop["ema_holdout_residual"] > 0  # the holdout-ema candidate
+    assert stop["ema_iter"] >= 300 and stop["ema_holdout_residual"] > 0  # the EMA is a candidate from 0.99^t < 0.05
     # the returned image is that iterate, and it is better than the overfitted end (measured: final
     # 18.47 dB, peak 19.32 dB at 516, holdout pick 19.30 dB at 520)
     ref = held.reference
@@ -60,9 +60,8 @@ def test_vanilla_holds_out_views_by_default_and_says_so(tmp_path):
     assert rs.config["holdout"] == 0.1 and rs.summary["result"]["holdout_stop"]["held_out_views"] == 2
     rs = reconstruct(scan, "vanilla", dict(p), output=tmp_path / "b", holdout=0.2)  # an explicit fraction wins
     assert rs.config["holdout"] == 0.2 and rs.summary["result"]["holdout_stop"]["held_out_views"] == 4
-    rs = reconstruct(scan, "vanilla", {**p, "output": "holdout-ema"}, output=tmp_path / "d")
-    stop = rs.summary["result"]["holdout_stop"]
-    assert rs.summary["returned"]["psnr"] == pytest.approx(stop["ema_psnr"], abs=1e-3)
+    stop = rs.summary["result"]["holdout_stop"]  # 20 iterations: too few for the EMA, the iterate pick
+    assert stop["ema_iter"] is None and rs.summary["returned"]["psnr"] == pytest.approx(stop["psnr"], abs=1e-3)
     rs = reconstruct(scan, "vanilla", {**p, "output": "final"}, output=tmp_path / "c")
     assert rs.config["holdout"] == 0.0 and "holdout_stop" not in rs.summary["result"]
 
@@ -71,7 +70,7 @@ def test_vanilla_holds_out_views_by_default_and_says_so(tmp_path):
 def test_every_dip_method_can_return_the_holdout_pick(held, name):
     """``output`` is a parameter of every DIP method: ``holdout-ema`` overrides the method's own
     returned image (red: the final image, self-guided: the EMA)."""
-    m = get_method(name)(**{**FAST, "iterations": 30, "output": "holdout-ema"})
+    m = get_method(name)(**{**FAST, "iterations": 310, "output": "holdout-ema"})
     res = m.run(held, RunContext(seed=0, quiet=True))
     stop = res.summary["holdout_stop"]
     assert metrics.psnr(res.recon, held.reference) == pytest.approx(stop["ema_psnr"], abs=1e-4)

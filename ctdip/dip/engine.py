@@ -345,8 +345,11 @@ class Picks(Callback):
 class HoldoutStop(Callback):
     """The reference-free stopping point: the logged iterate whose held-out-view residual
     ``||A_h x - y_h||^2 / ||y_h||^2`` is smallest (a network that has started to fit the noise
-    predicts the views it never saw worse). Evaluated every ``every`` iterations; with ``stop`` the
-    run ends once ``patience`` iterations have passed without a new minimum."""
+    predicts the views it never saw worse). Evaluated every ``every`` iterations, for the iterate
+    and for the output EMA (``output: holdout-ema``; the EMA becomes a candidate once its first
+    iterate weighs less than 5 %, ``beta^t < 0.05``: 300 iterations at beta = 0.99; in a shorter run
+    ``holdout-ema`` returns the iterate pick). With ``stop`` the run ends once ``patience``
+    iterations have passed without a new minimum."""
 
     name = "holdout"
 
@@ -370,7 +373,8 @@ class HoldoutStop(Callback):
         if r < self.best:
             self.best, self.best_iter, self.image = r, it, x.clone()
         ema = eng.ema.value
-        if ema is not None:
+        # the EMA starts at the first iterate; it is a candidate once that weighs < 5 % (beta^t)
+        if ema is not None and eng.ema.decay ** it < 0.05:
             r = holdout_residual(eng.problem, ema)
             if r < self.ema_best:
                 self.ema_best, self.ema_iter, self.ema_image = r, it, ema.clone()
@@ -661,8 +665,9 @@ class Engine:
         picks = {"ema": self.ema.value, "es": self.es.best, "min_loss": self.picks.min_loss_image}
         if self.reference is not None:
             picks["best"] = self.picks.peak_image
-        if self.holdout is not None:
-            picks["holdout"], picks["holdout-ema"] = self.holdout.image, self.holdout.ema_image
+        if self.holdout is not None:  # a run too short for the EMA to be a candidate: the iterate pick
+            picks["holdout"] = self.holdout.image
+            picks["holdout-ema"] = self.holdout.ema_image if self.holdout.ema_image is not None else self.holdout.image
         picks = {k: v for k, v in picks.items() if v is not None}
         return EngineResult(image=final, picks=picks, summary=self.summary(final, picks), history=self.history)
 
