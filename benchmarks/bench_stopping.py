@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE))
 
 import bench_data as bd  # noqa: E402
 
+HOLDOUT = 0.1  # fraction of the views held out (--holdout)
+
 
 def make_scan(obj: str, views: int):
     if obj == "walnut":
@@ -51,7 +53,7 @@ def one(obj: str, views: int, method: str, params: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="ctdip_stop_") as tmp:
         t0 = time.perf_counter()
         rs = reconstruct(scan, method, {**params, "output": "final", "checkpoint_every": 0},
-                         output=Path(tmp) / "run", holdout=0.1)
+                         output=Path(tmp) / "run", holdout=HOLDOUT)
         wall = time.perf_counter() - t0
     s, r = rs.summary, rs.summary["result"]
     stop = r["holdout_stop"]
@@ -88,7 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="*", default=["vanilla"])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the views held out")
     args = ap.parse_args(argv)
+    global HOLDOUT
+    HOLDOUT = args.holdout
     import torch
     import yaml
 
@@ -103,8 +108,10 @@ def main(argv=None) -> int:
                 row = one(obj, v, m, params)
                 row["command"] = ".venv/bin/python " + shlex.join(
                     ["benchmarks/bench_stopping.py", "--objects", obj, "--views", str(v), "--methods", m,
-                     "--threads", str(args.threads)] + (["--set", *args.set] if args.set else []))
-                results[f"{obj}/{v}/{m} {' '.join(args.set)}".strip()] = row
+                     "--threads", str(args.threads)] + (["--set", *args.set] if args.set else [])
+                    + (["--holdout", str(args.holdout)] if args.holdout != 0.1 else []))
+                tag = "" if args.holdout == 0.1 else f" holdout={args.holdout}"
+                results[f"{obj}/{v}/{m} {' '.join(args.set)}{tag}".strip()] = row
                 jpath.write_text(json.dumps(results, indent=1) + "\n")
                 write_markdown(results, out)
                 print(f"{obj}/{v} {m}: final {row['final']:.2f} holdout {row['holdout']:.2f} "

@@ -297,8 +297,6 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     name, cls, preset, overrides, m, resolved = resolve_method(method, params)
     sources = {**preset["sources"], **dict(getattr(m, "sources", {}) or {})}
     holdout = FRACTION(holdout, "--holdout")
-    if not holdout and str(m.params.get("output")).startswith("holdout"):  # the stopping point needs held-out views
-        holdout = float(m.params["holdout_fraction"])
     limit_s = parse_time_limit(time_limit)
     dev = resolve_device(device)
 
@@ -316,6 +314,9 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
 
         scan = load_scan(scan, **(scan_options or {}), print_warnings=False)
     dataset = scan.source.resolve().name if scan.source is not None else "scan"
+    if not holdout and str(m.params.get("output")).startswith("holdout"):
+        # the stopping point needs held-out views: holdout_fraction of them, and at least 3
+        holdout = max(float(m.params["holdout_fraction"]), min(3.0 / scan.geometry.n_views, 0.5))
 
     run_path = Path(output) if output is not None else default_run_dir(name, dataset, runs_root)
     run = RunFolder(run_path)
