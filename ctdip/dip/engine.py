@@ -362,14 +362,14 @@ class HoldoutStop(Callback):
         self.ema_best = float("inf")
         self.ema_iter: int | None = None
         self.ema_image: torch.Tensor | None = None
-        self.evaluated = 0
+        self.last: tuple[int, float] | None = None  # (iteration, residual of its iterate), read by the log row
         self.stopped_at: int | None = None
 
     def on_iteration(self, eng, it, x, out):
         if it % self.every and it != 1:
             return False
         r = holdout_residual(eng.problem, x)
-        self.evaluated += 1
+        self.last = (it, r)
         if r < self.best:
             self.best, self.best_iter, self.image = r, it, x.clone()
         ema = eng.ema.value
@@ -397,7 +397,7 @@ class HoldoutStop(Callback):
 
     def state_dict(self):
         return {k: getattr(self, k) for k in ("best", "best_iter", "image", "ema_best", "ema_iter", "ema_image",
-                                              "evaluated", "stopped_at")}
+                                              "stopped_at")}
 
     def load_state_dict(self, state):
         for k, v in state.items():
@@ -550,8 +550,9 @@ class Engine:
             if self.cfg.ssim_every_log:
                 row["ssim"] = ssim(x.reshape(self.reference.shape)[0, 0], self.reference[0, 0],
                                    data_range=self.picks.data_range)
-        if self.problem.A_held is not None and self.problem.y_held is not None:
-            row["holdout"] = holdout_residual(self.problem, x)
+        if self.holdout is not None:  # HoldoutStop has evaluated this iterate when it was due
+            last = self.holdout.last
+            row["holdout"] = last[1] if last is not None and last[0] == it else holdout_residual(self.problem, x)
         return row
 
     def _lbfgs_step(self, model: DIPModel, opt: torch.optim.LBFGS, it: int) -> StepOut:

@@ -54,15 +54,13 @@ class ADMM(DIPMethod):
         self.denoiser = make_denoiser(self)
         self.sigma, self.weight = self.params["sigma"], self.params["tv_weight"]
         if "auto" in (self.sigma, self.weight):  # one cross-validation serves both
-            from ctdip.methods.selection import cv_from_params, denoiser_sigma, dip_tv_weight
+            from ctdip.methods.selection import carry_tv_weight, cv_from_params, denoiser_sigma
 
             self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
             if self.sigma == "auto":
                 self.sigma = denoiser_sigma(self.choice, float(self.params["sigma_factor"]))
             if self.weight == "auto":
-                self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.params["tv_factor"]))
-                self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.params["tv_factor"]),
-                                         dip_tv_weight=self.weight)
+                self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
         self.sigma, self.weight = float(self.sigma), float(self.weight)
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
@@ -92,11 +90,12 @@ class ADMM(DIPMethod):
                "output": self.params["output"]}
         if self.weight:
             out["tv_weight"] = self.weight
-        if self.choice is not None:
-            key = "sigma_choice" if self.params["sigma"] == "auto" else "tv_weight_choice"
-            out[key] = self.choice.as_dict()
-            if self.params["sigma"] == "auto" and self.params["tv_weight"] == "auto":
-                out["tv_weight_choice"] = out[key]
+        if self.choice is not None:  # one CV: the evidence of sigma and/or of the TV weight it gave
+            evidence = self.choice.as_dict()
+            if self.params["sigma"] == "auto":
+                out["sigma_choice"] = evidence
+            if "dip_tv_weight" in evidence:
+                out["tv_weight_choice"] = evidence
         return out
 
 
@@ -121,12 +120,10 @@ class Recommended(ADMM):
         super().setup(problem, gen)
         self.family = "denoiser"
         if self.choice is not None and self.choice.extra.get("noise_level", 0.0) > float(self.params["switch_noise"]):
-            from ctdip.methods.selection import dip_tv_weight
+            from ctdip.methods.selection import carry_tv_weight
 
             self.family = "tv"
-            self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.params["tv_factor"]))
-            self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.params["tv_factor"]),
-                                     dip_tv_weight=self.weight)
+            self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
         if self.choice is not None:
             self.choice.extra.update(family=self.family, switch_noise=float(self.params["switch_noise"]))
 
@@ -142,9 +139,4 @@ class Recommended(ADMM):
             super().after_step(it, image, gen)
 
     def extra_summary(self):
-        out = super().extra_summary()
-        out["family"] = self.family
-        if self.family == "tv":
-            out["tv_weight"] = self.weight
-            out["tv_weight_choice"] = out.get("sigma_choice")
-        return out
+        return {**super().extra_summary(), "family": self.family}

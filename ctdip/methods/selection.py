@@ -174,6 +174,13 @@ def sigma_text(choice: dict) -> str:
     return f"sigma {choice['sigma']:.3g} = {choice['sigma_factor']:g} x {level}"
 
 
+def carry_tv_weight(problem, choice: WeightChoice, factor: float) -> float:
+    """:func:`dip_tv_weight` of the CV-chosen PDHG weight, recorded in the choice's evidence."""
+    weight = dip_tv_weight(problem, choice.chosen, factor)
+    choice.extra.update(pdhg_weight=choice.chosen, tv_factor=float(factor), dip_tv_weight=weight)
+    return weight
+
+
 def dip_tv_weight(problem, pdhg_weight: float, factor: float = 1.0) -> float:
     """The TV-DIP ``tv_weight`` equivalent to a PDHG-TV ``lambda`` (module docstring), times ``factor``."""
     n = int(np.prod(problem.volume.shape))

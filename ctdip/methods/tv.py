@@ -67,12 +67,10 @@ class TVDIP(DIPMethod):
             sys.stderr.write(note_3d(int(self.params["iterations"])) + "\n")
         self.weight = self.params["tv_weight"]
         if self.weight == "auto":
-            from ctdip.methods.selection import cv_from_params, dip_tv_weight
+            from ctdip.methods.selection import carry_tv_weight, cv_from_params
 
             self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
-            self.weight = dip_tv_weight(problem, self.choice.chosen, float(self.params["tv_factor"]))
-            self.choice.extra.update(pdhg_weight=self.choice.chosen, tv_factor=float(self.params["tv_factor"]),
-                                     dip_tv_weight=self.weight)
+            self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
         self.weight = float(self.weight)
 
     def objective(self, it, gen):
