@@ -34,8 +34,6 @@ sys.path.insert(0, str(HERE))
 
 import bench_data as bd  # noqa: E402
 
-HOLDOUT = 0.1  # fraction of the views held out (--holdout)
-
 
 def make_scan(obj: str, views: int):
     if obj == "walnut":
@@ -46,14 +44,14 @@ def make_scan(obj: str, views: int):
     return bd.ct_scan(z, views), f"head CT z={z} (256²), Poisson 1e4 photons"
 
 
-def one(obj: str, views: int, method: str, params: dict) -> dict:
+def one(obj: str, views: int, method: str, params: dict, holdout: float = 0.1) -> dict:
     from ctdip.workflows.reconstruct import reconstruct
 
     scan, label = make_scan(obj, views)
     with tempfile.TemporaryDirectory(prefix="ctdip_stop_") as tmp:
         t0 = time.perf_counter()
         rs = reconstruct(scan, method, {**params, "output": "final", "checkpoint_every": 0},
-                         output=Path(tmp) / "run", holdout=HOLDOUT)
+                         output=Path(tmp) / "run", holdout=holdout)
         wall = time.perf_counter() - t0
     s, r = rs.summary, rs.summary["result"]
     stop = r["holdout_stop"]
@@ -92,8 +90,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the views held out")
     args = ap.parse_args(argv)
-    global HOLDOUT
-    HOLDOUT = args.holdout
     import torch
     import yaml
 
@@ -105,7 +101,7 @@ def main(argv=None) -> int:
     for obj in args.objects:
         for v in args.views:
             for m in args.methods:
-                row = one(obj, v, m, params)
+                row = one(obj, v, m, params, args.holdout)
                 row["command"] = ".venv/bin/python " + shlex.join(
                     ["benchmarks/bench_stopping.py", "--objects", obj, "--views", str(v), "--methods", m,
                      "--threads", str(args.threads)] + (["--set", *args.set] if args.set else [])
