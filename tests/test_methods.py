@@ -205,3 +205,33 @@ def test_holdout_residual_logged():
     vals = [r["holdout"] for r in res.history]
     assert all(v is not None and v > 0 for v in vals) and vals[-1] < vals[0]
     assert "final_holdout" in res.summary
+
+
+@pytest.mark.parametrize("name", ["tv", "tv-hqs", "edip"])
+def test_tv_weight_auto_in_every_tv_method(problem, tmp_path, name):
+    """``tv_weight: auto`` is one mechanism (selection.AutoTVWeight): tv, tv-hqs and edip use the CV
+    weight of PDHG-TV carried over times ``tv_factor``, and record the same evidence."""
+    from ctdip.methods.selection import dip_tv_weight
+
+    kw = {"tv_weight": "auto", "tv_factor": 0.5, "cv_iterations": 20, "cv_grid": "1e-4:0.1:4", "iterations": 6}
+    if name == "edip":
+        kw["weights"] = str(_weights(problem, tmp_path)[0])
+    m, res = run(name, problem, **kw)
+    ch = res.summary["tv_weight_choice"]
+    assert ch["cv_residuals"][ch["weights"].index(ch["chosen"])] == min(ch["cv_residuals"])
+    assert res.summary["tv_weight"] == pytest.approx(dip_tv_weight(problem, ch["chosen"], 0.5)) == ch["dip_tv_weight"]
+    assert m.weight == res.summary["tv_weight"] > 0
+
+
+def test_admm_rho_growth_schedule(problem):
+    """``rho_growth`` (Chan et al. 2017): rho_k = min(rho_0 gamma^k, rho_max) after k u-steps and
+    sigma_k = sigma_0 sqrt(rho_0 / rho_k); without it rho and sigma stay fixed."""
+    m, res = run("admm", problem, iterations=40, u_every=5, rho=0.5, sigma=0.1, rho_growth=1.5, rho_max=4.0,
+                 denoiser="tv")
+    k = 40 // 5
+    rho = min(0.5 * 1.5**k, 4.0)
+    assert res.summary["final_rho"] == pytest.approx(rho) and rho == 4.0  # capped
+    assert res.summary["final_sigma"] == pytest.approx(0.1 * (0.5 / rho) ** 0.5)
+    assert res.summary["sigma"] == 0.1 and torch.isfinite(res.recon).all()
+    m0, res0 = run("admm", problem, iterations=10, denoiser="tv")
+    assert m0.rho == 0.5 and m0.sigma == 0.1 and "final_rho" not in res0.summary

@@ -141,6 +141,8 @@ METHOD_PARAMS: dict[str, Rule] = {
     "holdout_fraction": FRACTION,
     "switch_noise": NONNEG,
     "rho": POSITIVE,
+    "rho_growth": Rule(minimum=1),
+    "rho_max": POSITIVE,
     "block_steps": POSITIVE_INT,
     "lam": NONNEG,
     "mu": POSITIVE,

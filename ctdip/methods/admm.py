@@ -9,6 +9,17 @@ Splitting x = f_theta(z) = u with a scaled dual w (objective terms are means ove
     every ``u_every`` iterations:  u <- D(x + w, sigma)          (x = f_theta(z), the current iterate)
                                    w <- w + x - u
 
+With ``rho_growth`` gamma > 1 the penalty grows after every u-step and the denoiser strength falls
+with it, the fixed-point-convergent schedule of Chan, Wang & Elgendy 2017 ("Plug-and-Play ADMM for
+image restoration: fixed-point convergence and applications", IEEE TCI 3(1))::
+
+    rho_{k+1} = min(gamma rho_k, rho_max),   sigma_k = sigma_0 sqrt(rho_0 / rho_k),
+    w <- w rho_k / rho_{k+1}                  (the scaled dual is w = dual / rho)
+
+Without it (gamma = 1) a learned denoiser that is not non-expansive lets w drift: on the tuning
+walnut (20 views, sigma 0.1) the iterate peaked at 19.4 dB at 560 iterations and fell to -1.4 dB
+at 2000 (``benchmarks/results/quality_tuning_runs.md``).
+
 ``D(x, sigma)`` is the denoiser (``denoiser``: ``learned`` = the DRUNet shipped with ctdip, the
 default; ``tv`` = prox_{sigma^2 TV}; ``bm3d``; or a trained CNN weight file), ``sigma`` its strength
 in the image's scaled units (images O(1); for a CNN the Gaussian noise level it removes).
@@ -34,13 +45,13 @@ import torch
 
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
+from ctdip.methods.selection import CV_PARAMS
 
 
 class ADMM(DIPMethod):
     name = "admm"
     defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "u_every": 5, "output": "final",
-                "sigma_factor": 2.0, "tv_weight": 0.0, "tv_factor": 1.0,
-                "cv_folds": 5, "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
+                "sigma_factor": 2.0, "rho_growth": 1.0, "rho_max": 50.0, "tv_weight": 0.0, **CV_PARAMS}
     param_aliases = SPLIT_ALIASES
     choice = None  # the evidence of sigma: auto (selection.WeightChoice)
 
@@ -62,13 +73,14 @@ class ADMM(DIPMethod):
             if self.weight == "auto":
                 self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
         self.sigma, self.weight = float(self.sigma), float(self.weight)
+        self.sigma0, self.rho = self.sigma, float(self.params["rho"])
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
         self.w = torch.zeros_like(self.u)
 
     def objective(self, it, gen):
         step = super().objective(it, gen)
-        reg = 0.5 * float(self.params["rho"]) * ((step.image - self.u + self.w) ** 2).mean()
+        reg = 0.5 * self.rho * ((step.image - self.u + self.w) ** 2).mean()
         if self.weight:
             reg = reg + self.weight * self.tv(step.image)
         return step.plus(reg)
@@ -78,16 +90,26 @@ class ADMM(DIPMethod):
         if it % int(self.params["u_every"]) == 0:
             self.u = self.denoiser(image + self.w, self.sigma)
             self.w = self.w + image - self.u
+            growth = float(self.params["rho_growth"])
+            if growth > 1.0:  # Chan et al. 2017 (module docstring)
+                rho = min(self.rho * growth, max(float(self.params["rho_max"]), self.rho))
+                self.w = self.w * (self.rho / rho)
+                self.rho = rho
+                self.sigma = self.sigma0 * (float(self.params["rho"]) / rho) ** 0.5
 
     def method_state(self):
-        return {"u": self.u, "w": self.w}
+        return {"u": self.u, "w": self.w, "rho": self.rho, "sigma": self.sigma}
 
     def load_method_state(self, state):
         self.u, self.w = state["u"].to(self.problem.device), state["w"].to(self.problem.device)
+        self.rho = float(state.get("rho", self.params["rho"]))
+        self.sigma = float(state.get("sigma", self.sigma0))
 
     def extra_summary(self):
-        out = {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"])), "sigma": self.sigma,
+        out = {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"])), "sigma": self.sigma0,
                "output": self.params["output"]}
+        if float(self.params["rho_growth"]) > 1.0:
+            out.update(final_rho=self.rho, final_sigma=self.sigma)
         if self.weight:
             out["tv_weight"] = self.weight
         if self.choice is not None:  # one CV: the evidence of sigma and/or of the TV weight it gave

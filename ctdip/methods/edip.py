@@ -6,7 +6,7 @@ on the data with the TV-regularised DIP loss, input the FBP::
     L(theta) = ||A f_theta(z) - y||^2 / ||y||^2 + lambda TV(f_theta(z))
     theta_{t+1} = Adam(theta_t, grad_theta L(theta_t))
 
-and the returned image is the minimum-loss iterate, ``argmin_t L(theta_t)`` (Barbano et al. 2022).
+(``tv_weight: auto``: lambda by held-out-view CV of PDHG-TV, as in ``tv``) and the returned image is the minimum-loss iterate, ``argmin_t L(theta_t)`` (Barbano et al. 2022).
 
 ``edip-fe`` freezes the encoder: the parameters of ``inc`` (first conv + GroupNorm) and of every
 ``down.*`` block (strided conv, conv, their GroupNorms) keep their pretrained values; the skip
@@ -23,13 +23,21 @@ import sys
 
 from ctdip.errors import UserError
 from ctdip.methods._dip import DIPMethod
+from ctdip.methods.selection import CV_PARAMS, AutoTVWeight
 from ctdip.networks.weights import build_from_weights, load_weights, problem_geometry_key
 
 
-class EDIP(DIPMethod):
+class EDIP(AutoTVWeight, DIPMethod):
     name = "edip"
-    defaults = {"weights": None, "force": False, "tv_weight": 0.02}
+    defaults = {"weights": None, "force": False, "tv_weight": 0.02, **CV_PARAMS}
     freeze_encoder = False
+
+    def check(self, params: dict) -> None:
+        super().check(params)
+        self.check_cv(params)
+
+    def setup(self, problem, gen) -> None:
+        self.resolve_tv_weight(problem)
 
     def weights_path(self, problem, arch: dict):
         if self.params["weights"]:
@@ -74,7 +82,7 @@ class EDIP(DIPMethod):
 
     def objective(self, it, gen):
         step = super().objective(it, gen)
-        return step.plus(float(self.params["tv_weight"]) * self.tv(step.image))
+        return step.plus(self.weight * self.tv(step.image))
 
     def choose_result(self, res):
         return res.picks.get("min_loss", res.image)
@@ -82,7 +90,7 @@ class EDIP(DIPMethod):
     def extra_summary(self):
         n_frozen = sum(p.numel() for p in self.network.parameters() if not p.requires_grad)
         return {"weights": self.weights_file, "weights_geometry_key": self.weights_geometry_key,
-                "frozen_parameters": n_frozen, "returned": "min_loss"}
+                "frozen_parameters": n_frozen, "returned": "min_loss", **self.tv_weight_summary()}
 
 
 class EDIPFrozenEncoder(EDIP):

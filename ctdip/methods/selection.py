@@ -181,6 +181,39 @@ def carry_tv_weight(problem, choice: WeightChoice, factor: float) -> float:
     return weight
 
 
+#: the parameters of a cross-validated weight, shared by every DIP method with ``tv_weight: auto``
+#: or ``sigma: auto`` (tv, tv-hqs, edip, edip-fe, admm, recommended)
+CV_PARAMS = {"tv_factor": 1.0, "cv_folds": 5, "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
+
+
+class AutoTVWeight:
+    """Mixin of the DIP methods with a ``tv_weight`` in their loss (tv, tv-hqs, edip, edip-fe): the
+    weight is a number, or ``auto``, the K-fold held-out-view CV weight of PDHG-TV carried over to
+    the DIP loss times ``tv_factor`` (:func:`cv_from_params`, :func:`carry_tv_weight`). The method
+    calls :meth:`resolve_tv_weight` in its ``setup`` and merges :meth:`tv_weight_summary` into its
+    summary; the evidence goes to ``summary.json`` as ``tv_weight_choice``."""
+
+    choice: WeightChoice | None = None
+    weight: float = 0.0
+
+    def check_cv(self, params: dict) -> None:
+        parse_grid(params["cv_grid"], self.name)
+
+    def resolve_tv_weight(self, problem) -> float:
+        weight = self.params["tv_weight"]
+        if weight == "auto":
+            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
+            weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
+        self.weight = float(weight)
+        return self.weight
+
+    def tv_weight_summary(self) -> dict:
+        out = {"tv_weight": self.weight}
+        if self.choice is not None:
+            out["tv_weight_choice"] = self.choice.as_dict()
+        return out
+
+
 def dip_tv_weight(problem, pdhg_weight: float, factor: float = 1.0) -> float:
     """The TV-DIP ``tv_weight`` equivalent to a PDHG-TV ``lambda`` (module docstring), times ``factor``."""
     n = int(np.prod(problem.volume.shape))

@@ -92,7 +92,7 @@ def subspace_basis(thetas: torch.Tensor, k: int, keep: float) -> tuple[torch.Ten
 
 class SubspaceDIP(EDIP):
     name = "subspace-dip"
-    defaults = {"weights": None, "force": False, "tv_weight": 0.02, "subspace_dim": 16, "keep": 0.5}
+    defaults = {**EDIP.defaults, "subspace_dim": 16, "keep": 0.5}
 
     # ------------------------------------------------------------------ building blocks
     def weights_path(self, problem, arch):

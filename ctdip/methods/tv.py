@@ -31,6 +31,7 @@ from __future__ import annotations
 import sys
 
 from ctdip.methods._dip import DIPMethod
+from ctdip.methods.selection import CV_PARAMS, AutoTVWeight
 
 #: what ``benchmarks/results/3d.md`` measured for the 3D defaults (64^3 walnut, 60 cone views, 2 %
 #: noise, 2 CPU threads): iterations and training seconds until FDK + 3 dB, seconds per iteration
@@ -49,39 +50,26 @@ def note_3d(iterations: int) -> str:
     return msg
 
 
-class TVDIP(DIPMethod):
+class TVDIP(AutoTVWeight, DIPMethod):
     name = "tv"
-    defaults = {"tv_weight": 0.02, "tv_factor": 1.0, "output": "final", "cv_folds": 5,
-                "cv_grid": "1e-4:0.1:2", "cv_iterations": 300, "input_skip": False}
-    choice = None  # the cross-validation evidence of tv_weight: auto (selection.WeightChoice)
+    defaults = {"tv_weight": 0.02, **CV_PARAMS, "output": "final", "input_skip": False}
 
     def check(self, params: dict) -> None:
         super().check(params)  # tv_weight: a number >= 0 or "auto" (ctdip.core.validate)
-        from ctdip.methods.selection import parse_grid
-
-        parse_grid(params["cv_grid"], self.name)
+        self.check_cv(params)
 
     def setup(self, problem, gen) -> None:
         ctx = getattr(self, "ctx", None)
         if problem.dim == 3 and ctx is not None and not ctx.quiet:
             sys.stderr.write(note_3d(int(self.params["iterations"])) + "\n")
-        self.weight = self.params["tv_weight"]
-        if self.weight == "auto":
-            from ctdip.methods.selection import carry_tv_weight, cv_from_params
-
-            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
-            self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
-        self.weight = float(self.weight)
+        self.resolve_tv_weight(problem)
 
     def objective(self, it, gen):
         step = super().objective(it, gen)
         return step.plus(self.weight * self.tv(step.image))
 
     def extra_summary(self) -> dict:
-        out = {"tv_weight": self.weight, "output": self.params["output"]}
-        if self.choice is not None:
-            out["tv_weight_choice"] = self.choice.as_dict()
-        return out
+        return {**self.tv_weight_summary(), "output": self.params["output"]}
 
 
 class RecommendedTV(TVDIP):

@@ -10,7 +10,9 @@ auxiliary u, penalised by mu_k/2 mean (x - u)^2 with an increasing mu_k::
     mu-schedule:                   mu_{k+1} = min(mu_growth * mu_k, mu_max)  (per u-step)
 
 TV is the mean over voxels in the objective (TV_sum = n TV), so the prox weight is lambda/mu on
-the summed TV. u starts at the network's initial output.
+the summed TV. u starts at the network's initial output. ``tv_weight: auto`` chooses lambda as
+``tv`` does (held-out-view CV of PDHG-TV, carried over times ``tv_factor``;
+:class:`ctdip.methods.selection.AutoTVWeight`).
 """
 
 from __future__ import annotations
@@ -18,22 +20,27 @@ from __future__ import annotations
 import torch
 
 from ctdip.methods.hqs import HQSDenoiser
+from ctdip.methods.selection import CV_PARAMS, AutoTVWeight
 from ctdip.priors.tv import tv_prox
 
 
-class TVHQS(HQSDenoiser):
+class TVHQS(AutoTVWeight, HQSDenoiser):
     """:class:`ctdip.methods.hqs.HQSDenoiser` with the u-step ``prox_{(lambda/mu_k) TV_sum}``."""
 
     name = "tv-hqs"
-    defaults = {"tv_weight": 0.02, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "u_every": 5,
+    defaults = {"tv_weight": 0.02, **CV_PARAMS, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "u_every": 5,
                 "prox_iterations": 30}
 
+    def check(self, params: dict) -> None:
+        super().check(params)
+        self.check_cv(params)
+
     def setup_denoiser(self) -> None:
-        pass
+        self.resolve_tv_weight(self.problem)
 
     def u_step(self, image: torch.Tensor) -> torch.Tensor:
         # both objective terms are means over voxels, so the 1/n cancels: weight lambda/mu on TV_sum
-        return tv_prox(image, float(self.params["tv_weight"]) / self.mu, int(self.params["prox_iterations"]))
+        return tv_prox(image, self.weight / self.mu, int(self.params["prox_iterations"]))
 
     def extra_summary(self):
-        return {"final_mu": self.mu}
+        return {**self.tv_weight_summary(), "final_mu": self.mu}
