@@ -43,7 +43,7 @@ def test_2d_problem_keeps_2d_defaults(scans):
     m = get_method("tv")()
     m.preflight(problem(scans / "fan", "2d"))
     assert {k: m.params[k] for k in ("iterations", "input", "input_skip", "network", "tv_weight")} == \
-        {"iterations": 2000, "input": "noise", "input_skip": False, "network": "light", "tv_weight": 0.02}
+        {"iterations": 2000, "input": "noise", "input_skip": False, "network": "light", "tv_weight": "auto"}
 
 
 def test_input_skip_starts_at_the_fdk_and_improves_it(scans, one_thread):

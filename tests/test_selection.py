@@ -108,7 +108,7 @@ def test_sigma_auto_is_the_scaled_root_of_the_cv_minimum(scan64, tmp_path):
     # 3x the relative noise: a larger level, by less than 3x since the held-out residual also holds
     # what TV cannot predict from 16 of 20 views (measured 1.6-1.9x)
     assert 1.3 < ratio < 3.0, ratio
-    with pytest.raises(UserError, match="parameter .sigma. expects float, got .strong."):
+    with pytest.raises(UserError, match="--set sigma: must be a finite number >= 0 or 'auto', got 'strong'"):
         reconstruct(scan64, "admm", {**params, "sigma": "strong"}, output=tmp_path / "r3")
 
 
