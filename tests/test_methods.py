@@ -234,5 +234,5 @@ def test_admm_rho_growth_schedule(problem):
     assert res.summary["final_rho"] == pytest.approx(rho) and rho == 4.0  # capped
     assert res.summary["final_sigma"] == pytest.approx(0.1 * (0.5 / rho) ** 0.5)
     assert res.summary["sigma"] == 0.1 and torch.isfinite(res.recon).all()
-    m0, res0 = run("admm", problem, iterations=10, denoiser="tv", rho_growth=1.0)
+    m0, res0 = run("admm", problem, iterations=10, denoiser="tv", sigma=0.1, rho_growth=1.0)
     assert m0.rho == 0.5 and m0.sigma == 0.1 and "final_rho" not in res0.summary
