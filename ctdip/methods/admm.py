@@ -45,21 +45,15 @@ import torch
 
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
-from ctdip.methods.selection import CV_PARAMS
+from ctdip.methods.selection import CV_PARAMS, CrossValidated
 
 
-class ADMM(DIPMethod):
+class ADMM(CrossValidated, DIPMethod):
     name = "admm"
     defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "u_every": 5, "output": "final",
                 "sigma_factor": 2.0, "rho_growth": 1.0, "rho_max": 50.0, "tv_weight": 0.0, **CV_PARAMS}
     param_aliases = SPLIT_ALIASES
     choice = None  # the evidence of sigma: auto (selection.WeightChoice)
-
-    def check(self, params: dict) -> None:
-        super().check(params)
-        from ctdip.methods.selection import parse_grid
-
-        parse_grid(params["cv_grid"], self.name)
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)

@@ -6,7 +6,8 @@ on the data with the TV-regularised DIP loss, input the FBP::
     L(theta) = ||A f_theta(z) - y||^2 / ||y||^2 + lambda TV(f_theta(z))
     theta_{t+1} = Adam(theta_t, grad_theta L(theta_t))
 
-(``tv_weight: auto``: lambda by held-out-view CV of PDHG-TV, as in ``tv``) and the returned image is the minimum-loss iterate, ``argmin_t L(theta_t)`` (Barbano et al. 2022).
+(``tv_weight: auto``: lambda by held-out-view CV of PDHG-TV, as in ``tv``) and the returned image
+is the minimum-loss iterate, ``argmin_t L(theta_t)`` (Barbano et al. 2022).
 
 ``edip-fe`` freezes the encoder: the parameters of ``inc`` (first conv + GroupNorm) and of every
 ``down.*`` block (strided conv, conv, their GroupNorms) keep their pretrained values; the skip
@@ -31,10 +32,6 @@ class EDIP(AutoTVWeight, DIPMethod):
     name = "edip"
     defaults = {"weights": None, "force": False, "tv_weight": 0.02, **CV_PARAMS}
     freeze_encoder = False
-
-    def check(self, params: dict) -> None:
-        super().check(params)
-        self.check_cv(params)
 
     def setup(self, problem, gen) -> None:
         self.resolve_tv_weight(problem)

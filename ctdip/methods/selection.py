@@ -186,7 +186,16 @@ def carry_tv_weight(problem, choice: WeightChoice, factor: float) -> float:
 CV_PARAMS = {"tv_factor": 1.0, "cv_folds": 5, "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
 
 
-class AutoTVWeight:
+class CrossValidated:
+    """Mixin of the DIP methods whose parameters include :data:`CV_PARAMS`: checks ``cv_grid``
+    with the method's other parameters (put it before the method's base class)."""
+
+    def check(self, params: dict) -> None:
+        super().check(params)
+        parse_grid(params["cv_grid"], self.name)
+
+
+class AutoTVWeight(CrossValidated):
     """Mixin of the DIP methods with a ``tv_weight`` in their loss (tv, tv-hqs, edip, edip-fe): the
     weight is a number, or ``auto``, the K-fold held-out-view CV weight of PDHG-TV carried over to
     the DIP loss times ``tv_factor`` (:func:`cv_from_params`, :func:`carry_tv_weight`). The method
@@ -195,9 +204,6 @@ class AutoTVWeight:
 
     choice: WeightChoice | None = None
     weight: float = 0.0
-
-    def check_cv(self, params: dict) -> None:
-        parse_grid(params["cv_grid"], self.name)
 
     def resolve_tv_weight(self, problem) -> float:
         weight = self.params["tv_weight"]

@@ -54,10 +54,6 @@ class TVDIP(AutoTVWeight, DIPMethod):
     name = "tv"
     defaults = {"tv_weight": 0.02, **CV_PARAMS, "output": "final", "input_skip": False}
 
-    def check(self, params: dict) -> None:
-        super().check(params)  # tv_weight: a number >= 0 or "auto" (ctdip.core.validate)
-        self.check_cv(params)
-
     def setup(self, problem, gen) -> None:
         ctx = getattr(self, "ctx", None)
         if problem.dim == 3 and ctx is not None and not ctx.quiet:

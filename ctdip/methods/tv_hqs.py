@@ -31,12 +31,12 @@ class TVHQS(AutoTVWeight, HQSDenoiser):
     defaults = {"tv_weight": 0.02, **CV_PARAMS, "mu": 0.5, "mu_growth": 1.005, "mu_max": 50.0, "u_every": 5,
                 "prox_iterations": 30}
 
-    def check(self, params: dict) -> None:
-        super().check(params)
-        self.check_cv(params)
+    def setup(self, problem, gen) -> None:
+        self.resolve_tv_weight(problem)
+        super().setup(problem, gen)
 
     def setup_denoiser(self) -> None:
-        self.resolve_tv_weight(self.problem)
+        pass  # the u-step is the TV prox, not a denoiser
 
     def u_step(self, image: torch.Tensor) -> torch.Tensor:
         # both objective terms are means over voxels, so the 1/n cancels: weight lambda/mu on TV_sum
