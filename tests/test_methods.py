@@ -236,3 +236,20 @@ def test_admm_rho_growth_schedule(problem):
     assert res.summary["sigma"] == 0.1 and torch.isfinite(res.recon).all()
     m0, res0 = run("admm", problem, iterations=10, denoiser="tv", sigma=0.1, rho_growth=1.0)
     assert m0.rho == 0.5 and m0.sigma == 0.1 and "final_rho" not in res0.summary
+
+
+def test_admm_post_denoise_returns_denoised_output(problem):
+    """``post_denoise`` f: the returned image is D(final iterate, f * eta), eta = sigma / sigma_factor
+    for a numeric sigma, and 0 returns the iterate (the gain is measured in
+    benchmarks/results/quality_post_denoise.md)."""
+    kw = dict(iterations=40, denoiser="tv", sigma=0.1, sigma_factor=2.0, output="final")
+    m0, res0 = run("admm", problem, **kw)
+    m1, res1 = run("admm", problem, post_denoise=1.5, **kw)
+    assert m0.sigma_post == 0 and "post_denoise" not in res0.summary
+    assert m1.sigma_post == pytest.approx(1.5 * 0.1 / 2.0)
+    assert res1.summary["post_denoise"] == {"factor": 1.5, "sigma": pytest.approx(0.075)}
+    final = problem.to_image(res0.recon)  # same seed: the same iterate
+    with torch.no_grad():
+        expected = m1.denoiser(final, 0.075)
+    assert torch.allclose(problem.to_image(res1.recon), expected, atol=1e-6)
+    assert (res1.recon - res0.recon).abs().max() > 1e-3

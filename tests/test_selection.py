@@ -125,3 +125,6 @@ def test_recommended_switches_to_tv_dip_on_noisy_data(scan64, tmp_path):
     assert tv["family"] == "tv" and tv["sigma_choice"]["family"] == "tv"
     assert tv["tv_weight"] == pytest.approx(ref["tv_weight"])  # the weight recommended-tv uses
     assert tv["sigma_choice"]["noise_level"] == pytest.approx(den["sigma_choice"]["noise_level"])
+    # the final denoiser pass: at 0.75 x the CV noise level in the denoiser family, none in TV-DIP
+    assert den["post_denoise"] == {"factor": 0.75, "sigma": pytest.approx(0.75 * den["sigma_choice"]["noise_level"])}
+    assert "post_denoise" not in tv

@@ -166,6 +166,10 @@ def print_summary(rs: RunSummary) -> None:
             con.print(f"  choice: {choice_text(result['tv_weight_choice'])}")
         if result.get("sigma_choice"):
             con.print(f"  choice: {sigma_text(result['sigma_choice'])}")
+    post = result.get("post_denoise")
+    if post:
+        con.print(f"  choice: returned image denoised once more at sigma {post['sigma']:.3g} "
+                  f"= {post['factor']:g} x the noise level (post_denoise)")
     stop = result.get("holdout_stop")
     output = (result.get("params") or {}).get("output")
     if stop and output in ("holdout", "holdout-ema"):

@@ -143,6 +143,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "rho": POSITIVE,
     "rho_growth": Rule(minimum=1),
     "rho_max": POSITIVE,
+    "post_denoise": NONNEG,
     "block_steps": POSITIVE_INT,
     "lam": NONNEG,
     "mu": POSITIVE,
