@@ -42,6 +42,8 @@ def run(name, problem, seed=0, **kw):
 @pytest.mark.parametrize("name", ["vanilla", "tv", "tv-hqs", "admm", "hqs-denoiser", "red", "self-guided", "aseq"])
 def test_method_reduces_loss(problem, name):
     kw = {"lr": 0.01} if name != "aseq" else {"lr": 0.01, "iterations": 40}
+    if name == "hqs-denoiser":
+        kw.update(cv_iterations=20, cv_grid="1e-4:0.1:4")
     m, res = run(name, problem, **kw)
     h = res.history
     assert h[0]["iter"] == 1 and h[-1]["iter"] == 40
@@ -253,3 +255,22 @@ def test_admm_post_denoise_returns_denoised_output(problem):
         expected = m1.denoiser(final, 0.075)
     assert torch.allclose(problem.to_image(res1.recon), expected, atol=1e-6)
     assert (res1.recon - res0.recon).abs().max() > 1e-3
+
+
+def test_hqs_lam_auto_from_the_cv_noise_level(problem):
+    """``hqs-denoiser`` ``lam: auto`` (the default): sigma_0 = sigma_factor * eta, lam = mu_0 sigma_0^2
+    with eta the CV noise level; a number fixes it; tv-hqs keeps lam = its TV weight; red and aseq
+    refuse ``auto`` for their numeric lam / sigma with a one-line error."""
+    m, res = run("hqs-denoiser", problem, iterations=10, cv_iterations=20, cv_grid="1e-4:0.1:4", mu=0.5)
+    ch = res.summary["sigma_choice"]
+    eta = min(ch["cv_residuals"]) ** 0.5
+    assert ch["noise_level"] == pytest.approx(eta) and ch["sigma_factor"] == 0.8
+    assert res.summary["sigma"] == pytest.approx(0.8 * eta) and m.lam == pytest.approx(0.5 * (0.8 * eta) ** 2)
+    assert res.summary["lam"] == ch["lam"] == m.lam
+    m2, res2 = run("hqs-denoiser", problem, iterations=10, lam=0.005)
+    assert m2.lam == 0.005 and "sigma_choice" not in res2.summary
+    m3, _ = run("tv-hqs", problem, iterations=10, tv_weight=0.01)
+    assert m3.lam == m3.weight == 0.01
+    for name, key in (("red", "lam"), ("red", "sigma"), ("aseq", "lam")):
+        with pytest.raises(UserError, match=f"--set {key}: method '{name}' needs a number"):
+            get_method(name)(**{key: "auto"})

@@ -145,7 +145,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "rho_max": POSITIVE,
     "post_denoise": NONNEG,
     "block_steps": POSITIVE_INT,
-    "lam": NONNEG,
+    "lam": Rule(minimum=0, auto=True),
     "mu": POSITIVE,
     "mu_growth": Rule(minimum=1),
     "mu_max": POSITIVE,

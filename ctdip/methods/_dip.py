@@ -71,6 +71,8 @@ class DIPMethod(Method, DIPModel):
     :meth:`after_step`, :meth:`final_image`, :meth:`choose_result` and the method-state hooks."""
 
     kind: ClassVar[str] = "dip"
+    #: parameters whose validation rule accepts ``auto`` (shared names) but that this method needs as numbers
+    numbers_only: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def param_defaults(cls) -> dict[str, Any]:
@@ -85,6 +87,9 @@ class DIPMethod(Method, DIPModel):
         if params["input"] not in INPUT_KINDS:
             raise UserError(f"--input: must be one of {', '.join(INPUT_KINDS)}, got '{params['input']}'")
         choice(str(params["optimizer"]).lower(), "--set optimizer", OPTIMIZERS)
+        for key in self.numbers_only:
+            if params.get(key) == "auto":
+                raise UserError(f"--set {key}: method '{self.name}' needs a number here ('auto' is not available)")
         choice(str(params["lr_schedule"]), "--set lr_schedule", LR_SCHEDULES)
         if "output" in params and params["output"] not in OUTPUTS:
             raise UserError(f"method '{self.name}': output must be one of {', '.join(OUTPUTS)}, got '{params['output']}'")

@@ -22,6 +22,7 @@ from ctdip.methods._dip import DIPMethod
 class ASeq(DIPMethod):
     name = "aseq"
     defaults = {"lam": 1.0, "block_steps": 2}
+    numbers_only = ("lam",)
     param_aliases = {"inner": "block_steps"}
 
     def setup(self, problem, gen):

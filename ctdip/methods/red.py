@@ -29,6 +29,7 @@ from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
 class RED(DIPMethod):
     name = "red"
     defaults = {"denoiser": "learned", "sigma": 0.05, "lam": 0.5, "mu": 0.5, "u_every": 5}
+    numbers_only = ("sigma", "lam")
     param_aliases = SPLIT_ALIASES
 
     def setup(self, problem, gen):

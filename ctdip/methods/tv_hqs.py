@@ -35,6 +35,9 @@ class TVHQS(AutoTVWeight, HQSDenoiser):
         self.resolve_tv_weight(problem)
         super().setup(problem, gen)
 
+    def resolve_lam(self, problem) -> float:
+        return self.weight  # lambda is the TV weight (no denoiser strength to choose)
+
     def setup_denoiser(self) -> None:
         pass  # the u-step is the TV prox, not a denoiser
 
