@@ -67,10 +67,10 @@ def test_vanilla_holds_out_views_by_default_and_says_so(tmp_path):
     assert rs.config["holdout"] == 0.0 and "holdout_stop" not in rs.summary["result"]
 
 
-@pytest.mark.parametrize("name", ["hqs-denoiser", "self-guided"])
+@pytest.mark.parametrize("name", ["aseq", "self-guided"])
 def test_every_dip_method_can_return_the_holdout_pick(held, name):
     """``output`` is a parameter of every DIP method: ``holdout-ema`` overrides the method's own
-    returned image (hqs-denoiser: the final image, self-guided: the EMA)."""
+    returned image (aseq: its final z_K, self-guided: the EMA)."""
     m = get_method(name)(**{**FAST, "iterations": 310, "output": "holdout-ema"})
     res = m.run(held, RunContext(seed=0, quiet=True))
     stop = res.summary["holdout_stop"]
