@@ -28,18 +28,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_data as bd  # noqa: E402
+from bench_quality import scans  # noqa: E402
 
 FACTORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-
-
-def tuning_scan(obj: str, views: int):
-    if obj == "walnut":
-        return bd.walnut_scan(views, seed=bd.TUNING_WALNUT_SEED)
-    z = int(obj.removeprefix("ct"))
-    if z not in bd.TUNING_SLICES:
-        raise SystemExit(f"error: --object {obj}: tuning CT slices are {', '.join('ct%d' % s for s in bd.TUNING_SLICES)}")
-    return bd.ct_scan(z, views)
 
 
 def main(argv=None) -> int:
@@ -60,7 +51,7 @@ def main(argv=None) -> int:
     from ctdip.workflows.reconstruct import reconstruct
 
     torch.set_num_threads(args.threads)
-    scan = tuning_scan(args.object, args.views)
+    scan = scans([args.object], [args.views], True, ["poisson"])[0][3]()  # refuses a benchmark slice
     run_dir = Path(args.runs) / f"{args.object}_{args.views}_{args.method}"
     if not (run_dir / "summary.json").exists():
         reconstruct(scan, args.method, {"checkpoint_every": 0, "post_denoise": 0.0}, output=run_dir, backend="auto")

@@ -69,9 +69,7 @@ class ADMM(CrossValidated, DIPMethod):
                 self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
         self.sigma, self.weight = float(self.sigma), float(self.weight)
         self.sigma0, self.rho = self.sigma, float(self.params["rho"])
-        eta = self.sigma0 / float(self.params["sigma_factor"])
-        if self.choice is not None and "noise_level" in self.choice.extra:
-            eta = float(self.choice.extra["noise_level"])
+        eta = self.sigma0 / float(self.params["sigma_factor"])  # the CV noise level for sigma: auto
         self.sigma_post = float(self.params["post_denoise"]) * eta
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
@@ -132,7 +130,8 @@ class ADMM(CrossValidated, DIPMethod):
 
 class Recommended(ADMM):
     """ADMM with the learned denoiser at a CV-chosen strength, cosine learning rate, EMA output and
-    one final denoiser pass (``post_denoise`` 0.75: ``D(x_ema, 0.75 eta)``); on noisy data (CV noise level above ``switch_noise``) TV-DIP with the CV-chosen weight instead.
+    one final denoiser pass (``post_denoise`` 0.75: ``D(x_ema, 0.75 eta)``); on noisy data (CV noise
+    level above ``switch_noise``) TV-DIP with the CV-chosen weight instead.
 
     The switch, chosen on the tuning objects: with the noise level ``eta`` of the held-out-view CV
     (:func:`ctdip.methods.selection.denoiser_sigma`) at 0.017-0.026 (head-CT slices, Poisson 1e4
