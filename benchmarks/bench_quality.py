@@ -18,7 +18,8 @@ Rows (every one through the real driver ``ctdip.workflows.reconstruct.reconstruc
 
 Per row: returned PSNR/SSIM (of recon.tif), peak PSNR and iteration (from the run's log), wall
 time (``summary.json``, torch on ``--threads`` threads; the machine is shared, the load average at
-start and end is recorded), iterations, the command that reproduces it, and the PSNR curve (JSON).
+start and end is recorded, and the fp32 matmul GFLOP/s of ``bench_step.matmul_peak_gflops`` measured
+once at the start, so rows from different machines can be told apart), iterations, the command that reproduces it, and the PSNR curve (JSON).
 
     .venv/bin/python benchmarks/bench_quality.py --objects ct60 --views 30 --methods fbp pdhg-tv-oracle pdhg-tv-auto
     .venv/bin/python benchmarks/bench_quality.py --objects walnut --methods recommended tv
@@ -153,7 +154,10 @@ def write_markdown(results: dict, path: Path, tuning: bool) -> None:
              "*auto* TV is the shipped reference-free default. Peak = best logged iterate (needs the "
              "reference, for information only). Wall times: torch threads as listed, on a 2-core machine "
              "shared with other jobs (load average at start/end given), so indicative only; the oracle's wall "
-             "time is that of its best weight's run. A method missing from a table was not run (CPU budget).", ""]
+             "time is that of its best weight's run. A row noted 'CPU N GFLOP/s' ran where the fp32 matmul "
+             "measured N GFLOP/s on its threads when the run started; rows without the note ran before this "
+             "was recorded, on the machine of `step.md` (426 GFLOP/s): compare wall times only between rows of "
+             "similar N. A method missing from a table was not run (CPU budget).", ""]
     for key in sorted(results):
         rows = results[key]
         any_row = next(iter(rows.values()))
@@ -181,6 +185,8 @@ def write_markdown(results: dict, path: Path, tuning: bool) -> None:
                 notes.append(f"CV weight {ch['chosen']:.3g}" + (f" → DIP {ch['dip_tv_weight']:.3g}" if "dip_tv_weight" in ch else ""))
             if r.get("note"):
                 notes.append(r["note"])
+            if r.get("matmul_gflops"):
+                notes.append(f"CPU {r['matmul_gflops']:.0f} GFLOP/s")
             if r.get("iterations_override"):
                 notes.append(f"iterations set to {r['iterations_override']}")
             load = r.get("load", [None, None])
@@ -218,6 +224,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from bench_step import matmul_peak_gflops
+
+    gflops = round(matmul_peak_gflops(torch.device("cpu")), 1)  # what the wall times were measured on
     objects = args.objects or ([f"ct{z}" for z in (bd.TUNING_SLICES if args.tuning else bd.BENCH_SLICES)] + ["walnut"])
     out = Path(args.out) if args.out else HERE / "results" / ("quality_tuning.md" if args.tuning else "quality.md")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,7 +255,8 @@ def main(argv=None) -> int:
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row = {"method": m, "error": f"{type(e).__name__}: {e}"}
             row.update(label=label, command=".venv/bin/python " + shlex.join(cmd), threads=args.threads,
-                       load=[load0, os.getloadavg()[0]], bench_s=round(time.perf_counter() - t0, 1))
+                       load=[load0, os.getloadavg()[0]], bench_s=round(time.perf_counter() - t0, 1),
+                       matmul_gflops=gflops)
             if args.iterations is not None and m not in BASELINES:
                 row["iterations_override"] = args.iterations
             results.setdefault(key, {})[name] = row
