@@ -45,7 +45,7 @@ import torch
 
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
-from ctdip.methods.selection import CV_PARAMS, CrossValidated
+from ctdip.methods.selection import CV_PARAMS, CrossValidated, carry_tv_weight
 
 
 class ADMM(CrossValidated, DIPMethod):
@@ -54,19 +54,14 @@ class ADMM(CrossValidated, DIPMethod):
                 "sigma_factor": 2.0, "rho_growth": 1.0, "rho_max": 50.0, "tv_weight": 0.0, "post_denoise": 0.0,
                 **CV_PARAMS}
     param_aliases = SPLIT_ALIASES
-    choice = None  # the evidence of sigma: auto (selection.WeightChoice)
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
         self.sigma, self.weight = self.params["sigma"], self.params["tv_weight"]
-        if "auto" in (self.sigma, self.weight):  # one cross-validation serves both
-            from ctdip.methods.selection import carry_tv_weight, cv_from_params, denoiser_sigma
-
-            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
-            if self.sigma == "auto":
-                self.sigma = denoiser_sigma(self.choice, float(self.params["sigma_factor"]))
-            if self.weight == "auto":
-                self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
+        if self.sigma == "auto":  # one cross-validation serves both (cross_validate runs it once)
+            self.sigma = self.auto_sigma(problem)
+        if self.weight == "auto":
+            self.weight = carry_tv_weight(problem, self.cross_validate(problem), float(self.params["tv_factor"]))
         self.sigma, self.weight = float(self.sigma), float(self.weight)
         self.sigma0, self.rho = self.sigma, float(self.params["rho"])
         eta = self.sigma0 / float(self.params["sigma_factor"])  # the CV noise level for sigma: auto
@@ -150,8 +145,6 @@ class Recommended(ADMM):
         super().setup(problem, gen)
         self.family = "denoiser"
         if self.choice is not None and self.choice.extra.get("noise_level", 0.0) > float(self.params["switch_noise"]):
-            from ctdip.methods.selection import carry_tv_weight
-
             self.family = "tv"
             self.sigma_post = 0.0  # no denoiser in the TV family
             self.weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))

@@ -38,7 +38,6 @@ class HQSDenoiser(CrossValidated, DIPMethod):
     defaults = {"denoiser": "learned", "lam": "auto", "sigma_factor": 0.8, "mu": 0.5, "mu_growth": 1.005,
                 "mu_max": 50.0, "u_every": 5, **CV_PARAMS}
     param_aliases = SPLIT_ALIASES
-    choice = None  # the evidence of lam: auto (selection.WeightChoice)
 
     def setup(self, problem, gen):
         self.setup_denoiser()
@@ -51,10 +50,7 @@ class HQSDenoiser(CrossValidated, DIPMethod):
         """``lam``, or for ``auto`` ``mu_0 (sigma_factor eta)^2`` from the held-out-view CV (module docstring)."""
         lam = self.params["lam"]
         if lam == "auto":
-            from ctdip.methods.selection import cv_from_params, denoiser_sigma
-
-            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
-            lam = self.mu * denoiser_sigma(self.choice, float(self.params["sigma_factor"])) ** 2
+            lam = self.mu * self.auto_sigma(problem) ** 2
             self.choice.extra.update(lam=lam)
         return float(lam)
 

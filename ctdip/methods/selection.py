@@ -187,12 +187,26 @@ CV_PARAMS = {"tv_factor": 1.0, "cv_folds": 5, "cv_grid": "1e-4:0.1:2", "cv_itera
 
 
 class CrossValidated:
-    """Mixin of the DIP methods whose parameters include :data:`CV_PARAMS`: checks ``cv_grid``
-    with the method's other parameters (put it before the method's base class)."""
+    """Mixin of the DIP methods whose parameters include :data:`CV_PARAMS` (put it before the
+    method's base class): checks ``cv_grid`` with the method's other parameters, and runs the
+    held-out-view CV at most once per run (:meth:`cross_validate`), whichever of the method's
+    ``auto`` parameters asks first; its evidence is ``self.choice``."""
+
+    choice: WeightChoice | None = None
 
     def check(self, params: dict) -> None:
         super().check(params)
         parse_grid(params["cv_grid"], self.name)
+
+    def cross_validate(self, problem) -> WeightChoice:
+        """:func:`cv_from_params` with this method's parameters, once (later calls return it)."""
+        if self.choice is None:
+            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
+        return self.choice
+
+    def auto_sigma(self, problem) -> float:
+        """``sigma_factor`` times the CV noise level (:func:`denoiser_sigma`), evidence in ``self.choice``."""
+        return denoiser_sigma(self.cross_validate(problem), float(self.params["sigma_factor"]))
 
 
 class AutoTVWeight(CrossValidated):
@@ -202,14 +216,12 @@ class AutoTVWeight(CrossValidated):
     calls :meth:`resolve_tv_weight` in its ``setup`` and merges :meth:`tv_weight_summary` into its
     summary; the evidence goes to ``summary.json`` as ``tv_weight_choice``."""
 
-    choice: WeightChoice | None = None
     weight: float = 0.0
 
     def resolve_tv_weight(self, problem) -> float:
         weight = self.params["tv_weight"]
         if weight == "auto":
-            self.choice = cv_from_params(problem, self.params, self.name, getattr(self, "ctx", None))
-            weight = carry_tv_weight(problem, self.choice, float(self.params["tv_factor"]))
+            weight = carry_tv_weight(problem, self.cross_validate(problem), float(self.params["tv_factor"]))
         self.weight = float(weight)
         return self.weight
 
