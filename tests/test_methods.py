@@ -259,8 +259,9 @@ def test_admm_post_denoise_returns_denoised_output(problem):
 
 def test_hqs_lam_auto_from_the_cv_noise_level(problem):
     """``hqs-denoiser`` ``lam: auto`` (the default): sigma_0 = sigma_factor * eta, lam = mu_0 sigma_0^2
-    with eta the CV noise level; a number fixes it; tv-hqs keeps lam = its TV weight; red and aseq
-    refuse ``auto`` for their numeric lam / sigma with a one-line error."""
+    with eta the CV noise level; a number fixes it; tv-hqs keeps lam = its TV weight; red's
+    ``sigma: auto`` is sigma_factor (0.4) * the same eta; red and aseq refuse ``auto`` for their
+    numeric lam with a one-line error."""
     m, res = run("hqs-denoiser", problem, iterations=10, cv_iterations=20, cv_grid="1e-4:0.1:4", mu=0.5)
     ch = res.summary["sigma_choice"]
     eta = min(ch["cv_residuals"]) ** 0.5
@@ -271,6 +272,11 @@ def test_hqs_lam_auto_from_the_cv_noise_level(problem):
     assert m2.lam == 0.005 and "sigma_choice" not in res2.summary
     m3, _ = run("tv-hqs", problem, iterations=10, tv_weight=0.01)
     assert m3.lam == m3.weight == 0.01
-    for name, key in (("red", "lam"), ("red", "sigma"), ("aseq", "lam")):
+    m4, res4 = run("red", problem, iterations=10, sigma="auto", cv_iterations=20, cv_grid="1e-4:0.1:4")
+    ch4 = res4.summary["sigma_choice"]
+    assert ch4["cv_residuals"] == ch["cv_residuals"]  # the same CV: the same noise level
+    assert m4.sigma == res4.summary["sigma"] == pytest.approx(0.4 * eta) == ch4["sigma"]
+    assert run("red", problem, iterations=2, sigma=0.05)[0].sigma == 0.05
+    for name, key in (("red", "lam"), ("aseq", "lam")):
         with pytest.raises(UserError, match=f"--set {key}: method '{name}' needs a number"):
             get_method(name)(**{key: "auto"})

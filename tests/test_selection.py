@@ -68,7 +68,7 @@ CV = {"cv_iterations": 20, "cv_grid": "1e-4:0.1:4"}
 @pytest.mark.parametrize("method,params", [
     ("pdhg-tv", {"iterations": 30, "cv_grid": "1e-4:0.1:4"}),
     ("recommended", {**TINY, **CV}), ("recommended-tv", {**TINY, **CV}),
-    ("vanilla", TINY), ("tv", TINY), ("tv-hqs", TINY), ("hqs-denoiser", {**TINY, **CV}), ("red", TINY),
+    ("vanilla", TINY), ("tv", TINY), ("tv-hqs", TINY), ("hqs-denoiser", {**TINY, **CV}), ("red", {**TINY, **CV}),
     ("admm", {**TINY, **CV, "sigma": "auto", "output": "ema"}),
     ("self-guided", {**TINY, "iterations": 4}), ("aseq", {**TINY, "block_steps": 4}),
 ], ids=lambda v: v if isinstance(v, str) else "")

@@ -13,7 +13,9 @@ x = f_theta(z) ~ u, penalised by mu/2 mean (x - u)^2. RED's gradient is ``lambda
                                    v = u_new + (t - 1)/t_new (u_new - u);  u = u_new;  t = t_new
 
 ``D`` as in ``admm`` (``learned`` by default, ``tv``, ``bm3d`` or a CNN weight file) with fixed
-strength ``sigma``.
+strength ``sigma``: a number, or ``auto`` (the shipped preset's), ``sigma = sigma_factor * eta`` with ``eta``
+the noise level of the held-out-view CV of PDHG-TV (:func:`ctdip.methods.selection.denoiser_sigma`,
+as ``admm``'s ``sigma: auto``; evidence in ``summary.json`` as ``sigma_choice``).
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ import torch
 
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
+from ctdip.methods.selection import CV_PARAMS, CrossValidated
 
 
-class RED(DIPMethod):
+class RED(CrossValidated, DIPMethod):
     name = "red"
-    defaults = {"denoiser": "learned", "sigma": 0.05, "lam": 0.5, "mu": 0.5, "u_every": 5}
-    numbers_only = ("sigma", "lam")
+    defaults = {"denoiser": "learned", "sigma": 0.05, "sigma_factor": 0.4, "lam": 0.5, "mu": 0.5, "u_every": 5,
+                **CV_PARAMS}
+    numbers_only = ("lam",)
     param_aliases = SPLIT_ALIASES
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
+        sigma = self.params["sigma"]
+        self.sigma = self.auto_sigma(problem) if sigma == "auto" else float(sigma)
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
         self.v = self.u.clone()
@@ -47,7 +53,7 @@ class RED(DIPMethod):
     def after_step(self, it, image, gen):
         if it % int(self.params["u_every"]) == 0:
             lam, mu = float(self.params["lam"]), float(self.params["mu"])
-            u_new = (lam * self.denoiser(self.v, float(self.params["sigma"])) + mu * image) / (lam + mu)
+            u_new = (lam * self.denoiser(self.v, self.sigma) + mu * image) / (lam + mu)
             t_new = (1 + math.sqrt(1 + 4 * self.t * self.t)) / 2
             self.v = u_new + ((self.t - 1) / t_new) * (u_new - self.u)
             self.u, self.t = u_new, t_new
@@ -60,4 +66,7 @@ class RED(DIPMethod):
         self.u, self.v, self.t = state["u"].to(dev), state["v"].to(dev), float(state["t"])
 
     def extra_summary(self):
-        return {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"]))}
+        out = {"denoiser": getattr(self.denoiser, "name", str(self.params["denoiser"])), "sigma": self.sigma}
+        if self.choice is not None:
+            out["sigma_choice"] = self.choice.as_dict()
+        return out
