@@ -224,9 +224,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bench_step import matmul_peak_gflops
-
-    gflops = round(matmul_peak_gflops(torch.device("cpu")), 1)  # what the wall times were measured on
     objects = args.objects or ([f"ct{z}" for z in (bd.TUNING_SLICES if args.tuning else bd.BENCH_SLICES)] + ["walnut"])
     out = Path(args.out) if args.out else HERE / "results" / ("quality_tuning.md" if args.tuning else "quality.md")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +232,9 @@ def main(argv=None) -> int:
     if args.render_only:
         write_markdown(results, out, args.tuning)
         return 0
+    from bench_step import matmul_peak_gflops
+
+    gflops = round(matmul_peak_gflops(torch.device("cpu")), 1)  # what the wall times were measured on
     print(f"head CT data: {bd.ct_data_path()}", flush=True)
     for key, label, argv, make in scans(objects, args.views, args.tuning, args.noise):
         scan = make()
