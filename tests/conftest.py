@@ -12,6 +12,17 @@ os.environ.setdefault("CTDIP_CACHE_DIR", tempfile.mkdtemp(prefix="ctdip-test-cac
 torch.set_num_threads(int(os.environ.get("CTDIP_TEST_THREADS", "2")))
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that changes torch's thread count does not leak it into the tests after it: training
+    trajectories (and so measured PSNRs) depend on the summation order, which depends on the
+    thread count."""
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For tiny trainings: one torch thread for the module (avoids OpenMP oversubscription on a

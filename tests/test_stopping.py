@@ -15,6 +15,13 @@ def held():
 
 
 def test_holdout_pick_is_the_least_residual_logged_iterate(held):
+    # The numbers below are one measured trajectory at 2 torch threads. With 1 thread the summation
+    # order differs and so does the trajectory: its held-out residual still falls at 800 iterations
+    # and the pick lands at 790, 0.04 dB above the final image. Pin the thread count (conftest's
+    # autouse fixture restores it afterwards).
+    import torch
+
+    torch.set_num_threads(2)
     m = get_method("vanilla")(**{**FAST, "iterations": 800, "lr": 0.02, "log_every": 10, "output": "holdout"})
     res = m.run(held, RunContext(seed=0, quiet=True))
     stop = res.summary["holdout_stop"]
