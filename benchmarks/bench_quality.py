@@ -112,7 +112,7 @@ def one_run(scan, method: str, params: dict, workdir: Path) -> dict:
            "returned_ssim": metrics.ssim(rec, ref), "peak_psnr": s.get("peak", {}).get("psnr"),
            "peak_iter": s.get("peak", {}).get("iter"), "iterations": s.get("iterations"),
            "wall_s": s.get("wall_time_s"), "curve": rows}
-    for k in ("tv_weight", "tv_weight_choice", "output", "sigma", "sigma_choice", "family"):
+    for k in ("tv_weight", "tv_weight_choice", "output", "sigma", "sigma_choice", "family", "divergence_guard"):
         if k in res:
             row[k] = res[k]
     return row
@@ -183,6 +183,11 @@ def write_markdown(results: dict, path: Path, tuning: bool) -> None:
             ch = r.get("tv_weight_choice")
             if ch:
                 notes.append(f"CV weight {ch['chosen']:.3g}" + (f" → DIP {ch['dip_tv_weight']:.3g}" if "dip_tv_weight" in ch else ""))
+            g = r.get("divergence_guard")
+            if g and g.get("min_residual") is not None:
+                ratio = g["final_residual"] / g["min_residual"]
+                notes.append(f"guard: final/min data residual {ratio:.2f}" +
+                             (f" > {g['factor']:g}, returned it {g['min_iter']}" if g["used"] else ""))
             if r.get("note"):
                 notes.append(r["note"])
             if r.get("matmul_gflops"):

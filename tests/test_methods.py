@@ -257,6 +257,31 @@ def test_admm_post_denoise_returns_denoised_output(problem):
     assert (res1.recon - res0.recon).abs().max() > 1e-3
 
 
+def test_admm_divergence_guard_returns_the_least_residual_candidate(problem, monkeypatch):
+    """``guard`` F: with an expansive 'denoiser' D(v) = 1.6 v the ADMM target u - w grows every
+    u-step and the iterates leave the data; the guard returns the candidate of least data residual
+    (checked every ``guard_every`` iterations), and leaves a run that keeps fitting alone."""
+    import ctdip.methods.admm as admm
+
+    monkeypatch.setattr(admm, "make_denoiser", lambda method: (lambda v, sigma: 1.6 * v))
+    kw = dict(iterations=40, rho=20.0, u_every=2, sigma=0.1, output="final", guard_every=5)
+    m0, res0 = run("admm", problem, **kw)  # guard off (admm's default): the drifted final iterate
+    m1, res1 = run("admm", problem, guard=2.0, **kw)
+    g = res1.summary["divergence_guard"]
+    residual = m1.residual
+    final_r = residual(problem.to_image(res0.recon))
+    assert g["used"] and g["final_residual"] == pytest.approx(final_r, rel=1e-4)
+    assert g["final_residual"] > 2 * g["min_residual"] and g["min_iter"] % 5 == 0 and g["min_iter"] < 40
+    assert residual(problem.to_image(res1.recon)) == pytest.approx(g["min_residual"], rel=1e-4)
+    assert "divergence_guard" not in res0.summary
+
+    monkeypatch.undo()  # the TV prox is non-expansive: the fit only improves, the final image stays
+    m2, res2 = run("admm", problem, iterations=30, denoiser="tv", sigma=0.05, output="final", guard=2.0)
+    m3, res3 = run("admm", problem, iterations=30, denoiser="tv", sigma=0.05, output="final")
+    assert not res2.summary["divergence_guard"]["used"]
+    assert torch.equal(res2.recon, res3.recon)
+
+
 def test_hqs_lam_auto_from_the_cv_noise_level(problem):
     """``hqs-denoiser`` ``lam: auto`` (the default): sigma_0 = sigma_factor * eta, lam = mu_0 sigma_0^2
     with eta the CV noise level; a number fixes it; tv-hqs keeps lam = its TV weight; red's
@@ -280,3 +305,17 @@ def test_hqs_lam_auto_from_the_cv_noise_level(problem):
     for name, key in (("red", "lam"), ("aseq", "lam")):
         with pytest.raises(UserError, match=f"--set {key}: method '{name}' needs a number"):
             get_method(name)(**{key: "auto"})
+
+
+def test_console_summary_says_when_the_divergence_guard_chose(capsys):
+    """The guard's choice is printed with its evidence (as the other reference-free choices)."""
+    from types import SimpleNamespace
+
+    from ctdip.cli.reconstruct import print_summary
+
+    guard = {"factor": 3.0, "min_residual": 0.0021, "min_iter": 1050, "final_residual": 0.74, "used": True}
+    s = {"method": "recommended", "dataset": "scan", "iterations": 3000, "wall_time_s": 1.0,
+         "result": {"divergence_guard": guard}}
+    print_summary(SimpleNamespace(summary=s, recon_path="r/recon.tif", preview_path="r/preview.png"))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "data residual grew from 0.0021 (iteration 1050) to 0.74 (> 3x): returned the candidate of iteration 1050" in out

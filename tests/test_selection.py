@@ -128,3 +128,8 @@ def test_recommended_switches_to_tv_dip_on_noisy_data(scan64, tmp_path):
     # the final denoiser pass: at 0.75 x the CV noise level in the denoiser family, none in TV-DIP
     assert den["post_denoise"] == {"factor": 0.75, "sigma": pytest.approx(0.75 * den["sigma_choice"]["noise_level"])}
     assert "post_denoise" not in tv
+    # the divergence guard (factor 3) watches the ADMM iterates only; its candidates are EMA values
+    # once the EMA's first iterate weighs < 5 % (300 iterations at beta 0.99): none in this short run
+    g = den["divergence_guard"]
+    assert g["factor"] == 3.0 and g["used"] is False and g["min_residual"] is None and g["final_residual"] > 0
+    assert "divergence_guard" not in tv

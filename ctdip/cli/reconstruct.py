@@ -166,6 +166,11 @@ def print_summary(rs: RunSummary) -> None:
             con.print(f"  choice: {choice_text(result['tv_weight_choice'])}")
         if result.get("sigma_choice"):
             con.print(f"  choice: {sigma_text(result['sigma_choice'])}")
+    guard = result.get("divergence_guard")
+    if guard and guard.get("used"):
+        con.print(f"  choice: the data residual grew from {guard['min_residual']:.3g} (iteration {guard['min_iter']}) "
+                  f"to {guard['final_residual']:.3g} (> {guard['factor']:g}x): returned the candidate of "
+                  f"iteration {guard['min_iter']} (divergence guard)")
     post = result.get("post_denoise")
     if post:
         con.print(f"  choice: returned image denoised once more at sigma {post['sigma']:.3g} "

@@ -143,6 +143,8 @@ METHOD_PARAMS: dict[str, Rule] = {
     "rho": POSITIVE,
     "rho_growth": Rule(minimum=1),
     "rho_max": POSITIVE,
+    "guard": NONNEG,
+    "guard_every": POSITIVE_INT,
     "post_denoise": NONNEG,
     "block_steps": POSITIVE_INT,
     "lam": Rule(minimum=0, auto=True),
