@@ -268,7 +268,7 @@ def test_admm_divergence_guard_returns_the_least_residual_candidate(problem, mon
     m0, res0 = run("admm", problem, **kw)  # guard off (admm's default): the drifted final iterate
     m1, res1 = run("admm", problem, guard=2.0, **kw)
     g = res1.summary["divergence_guard"]
-    residual = m1.residual
+    residual = m1.full_data_fit
     final_r = residual(problem.to_image(res0.recon))
     assert g["used"] and g["final_residual"] == pytest.approx(final_r, rel=1e-4)
     assert g["final_residual"] > 2 * g["min_residual"] and g["min_iter"] % 5 == 0 and g["min_iter"] < 40

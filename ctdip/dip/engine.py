@@ -224,6 +224,11 @@ class OutputEMA(Callback):
         self.decay = float(decay)
         self.value: torch.Tensor | None = None
 
+    def ready(self, it: int) -> bool:
+        """Whether the EMA is a candidate output at iteration ``it``: its first iterate, where it
+        started, weighs less than 5 % (``beta^t < 0.05``; 300 iterations at beta = 0.99)."""
+        return self.value is not None and self.decay ** it < 0.05
+
     def on_iteration(self, eng, it, x, out):
         if self.value is None:
             self.value = x.clone()
@@ -372,9 +377,8 @@ class HoldoutStop(Callback):
         self.last = (it, r)
         if r < self.best:
             self.best, self.best_iter, self.image = r, it, x.clone()
-        ema = eng.ema.value
-        # the EMA starts at the first iterate; it is a candidate once that weighs < 5 % (beta^t)
-        if ema is not None and eng.ema.decay ** it < 0.05:
+        if eng.ema.ready(it):  # the EMA starts at the first iterate (OutputEMA.ready)
+            ema = eng.ema.value
             r = holdout_residual(eng.problem, ema)
             if r < self.ema_best:
                 self.ema_best, self.ema_iter, self.ema_image = r, it, ema.clone()

@@ -175,12 +175,14 @@ class DIPMethod(Method, DIPModel):
             self._views = draw_views(self._n_views, self._view_batch, gen)
 
     @torch.no_grad()
-    def logged_data_fit(self, image: torch.Tensor) -> float | None:
-        """The full-data fit for metrics rows when the steps fit view subsets."""
-        if not self._view_batch:
-            return None
+    def full_data_fit(self, image: torch.Tensor) -> float:
+        """``||A x - y||^2 / ||y||^2`` on every view, also when the steps fit view subsets."""
         r = self.problem.forward(image) - self.problem.y
         return float((r * r).sum() / (image.shape[0] * self._ynorm2))
+
+    def logged_data_fit(self, image: torch.Tensor) -> float | None:
+        """The full-data fit for metrics rows when the steps fit view subsets."""
+        return self.full_data_fit(image) if self._view_batch else None
 
     def param_groups(self, lr: float) -> list[dict]:
         groups = [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]

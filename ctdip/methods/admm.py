@@ -29,7 +29,7 @@ u starts at the network's initial output, w at 0.
 which keeps the DIP from fitting the noise between denoiser updates; ``tv_weight: auto`` is chosen
 as in ``tv`` (held-out-view CV of PDHG-TV, carried over times ``tv_factor``).
 
-``guard`` F > 0 (default 0: off; ``recommended``: 2) is a reference-free divergence guard. Every
+``guard`` F > 0 (default 0: off; ``recommended``: 3) is a reference-free divergence guard. Every
 ``guard_every`` iterations it evaluates the data residual ``r_t = ||A c_t - y||^2 / ||y||^2`` of the
 candidate ``c_t`` the run returns (the output EMA with ``output: ema``, else the iterate) and keeps the
 candidate of least residual, ``c* = c_{t*}``, ``t* = argmin_t r_t``. A fit that only improves keeps
@@ -107,25 +107,19 @@ class ADMM(CrossValidated, DIPMethod):
             return
         if self.params["output"] == "ema":
             ema = self.engine.ema
-            if ema.value is None or ema.decay ** it >= 0.05:  # the EMA is still mostly its first iterate
+            if not ema.ready(it):
                 return
             candidate = ema.value
         else:
             candidate = image
-        self.guard.offer(it, candidate, self.residual(candidate))
-
-    def residual(self, x) -> float:
-        """``||A x - y||^2 / ||y||^2`` on every view (also when the steps fit view subsets)."""
-        r = self.problem.forward(x) - self.problem.y
-        return float((r * r).sum() / (x.shape[0] * self._ynorm2))
+        self.guard.offer(it, candidate, self.full_data_fit(candidate))
 
     def returned_image(self, res):
         """The ``output`` image (the guard's pick if the run diverged), through the denoiser at
         ``sigma_post`` when ``post_denoise`` is on."""
         image = super().returned_image(res)
         if self.guard.on:
-            with torch.no_grad():
-                image = self.guard.choose(image, self.residual(image))
+            image = self.guard.choose(image, self.full_data_fit(image))
         if self.sigma_post > 0:
             with torch.no_grad():
                 image = self.denoiser(image, self.sigma_post)
