@@ -28,7 +28,11 @@ never cached): once excluding the pretraining and once with it amortised over ``
 
 ``--quick`` uses 64² grids (the CT slice resampled), 800 iterations, a 3-weight TV oracle of 100
 iterations and a 20-step pretraining: it checks the benchmark, its numbers are not the benchmark's.
-Results: ``benchmarks/results/speed.md`` and ``speed.json`` (``--quick``: ``speed_quick.*``).
+Results: ``benchmarks/results/speed.md`` and ``speed.json`` (``--quick``: ``speed_quick.*``). A run
+merges into the JSON that is there: it replaces the rows (and the scan's baselines) it reruns and
+keeps the others, each row with the command and date that produced it; ``--fresh`` starts anew.
+Readings written by hand go in the JSON's ``notes`` (the file) or an object's ``notes``, which the
+table keeps across reruns.
 """
 
 from __future__ import annotations
@@ -166,8 +170,9 @@ def reach_cell(r: dict, target: float | None, extra_s: float = 0.0) -> str:
 def write_markdown(R: dict, path: Path, args) -> None:
     quick = args.quick
     lines = [f"# Time to quality{' — QUICK SMOKE RUN (64² grids, short runs: not the benchmark numbers)' if quick else ''}", "",
-             f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_speed.py', *sys.argv[1:]])}`. "
-             "Protocol in the script's docstring; scans from `benchmarks/bench_data.py` (head CT from "
+             *[f"> {n}\n" for n in R.get("notes", [])],
+             "Rows merge across runs (the script's docstring); each row's command and date are listed under "
+             "its table. Protocol in the script's docstring; scans from `benchmarks/bench_data.py` (head CT from "
              "`../shared/data/cranium_ct_hu.npy`). Each cell: seconds (iterations) until the output-EMA "
              "image first reaches the target, in brackets the same for the current iterate; the clock starts "
              "at `reconstruct()` and excludes the benchmark's scoring. "
@@ -191,13 +196,18 @@ def write_markdown(R: dict, path: Path, args) -> None:
                      reach_cell(r, None if ret is None else ret - 0.2, extra)]
             lines.append(f"| {name} | {fmt(ret, 2)} | {r.get('iterations', '–')} | {fmt(r.get('wall_s') + extra)} | "
                          + " | ".join(cells) + f" | {fmt(r.get('load'), 1)} |")
+        cmds: dict[str, list[str]] = {}
+        for name, r in obj["runs"].items():
+            cmds.setdefault(f"`{r.get('command', R.get('command', '?'))}` ({r.get('date', 'undated')})", []).append(name)
+        lines += ["", "Rows and the runs that produced them: " + "; ".join(
+            f"{', '.join(names)}: {c}" for c, names in cmds.items()) + "."]
         pt = obj.get("pretrain")
         if pt:
             lines += ["", "Pretraining (warm start for this geometry): " + "; ".join(
                 f"{m}: {fmt(v['wall_s'])} s ({v['steps']} steps)" for m, v in pt.items()) +
                 f". Rows '… + pretrain/{args.specimens}' add T_pretrain / {args.specimens} to every time "
                 "(one pretraining shared by a batch of scans of one geometry)."]
-        lines.append("")
+        lines += [*("" if not obj.get("notes") else ["", *obj["notes"]]), ""]
     tv = [(k, o) for k, o in R["objects"].items() if "tv" in o["runs"] and "edip + pretrain/10" in o["runs"]]
     for k, o in tv:
         t_tv = first_reach(o["runs"]["tv"].get("rows", []), 3, o.get("oracle_psnr") or math.inf)[1]
@@ -208,6 +218,22 @@ def write_markdown(R: dict, path: Path, args) -> None:
                      f"{'not measurable (a run did not reach (b))' if ratio is None else f'{ratio:.2f}× of tv'}"
                      f"{'' if ratio is None else (' — met' if ratio <= 0.5 else ' — not met')}.")
     path.write_text("\n".join(lines) + "\n")
+
+
+def load_results(jpath: Path, fresh: bool) -> dict:
+    """The results to merge into: ``jpath``'s JSON (rows of earlier runs, hand-written notes), or a
+    new one with ``fresh`` or when there is none."""
+    if fresh or not jpath.exists():
+        return {"objects": {}, "notes": []}
+    R = json.loads(jpath.read_text())
+    for obj in R.get("objects", {}).values():  # rows from before rows carried their own command
+        for r in obj.get("runs", {}).values():
+            old = R.get("command", "?")
+            r.setdefault("command", old if old.startswith(".venv") else f".venv/bin/python benchmarks/bench_speed.py {old}")
+    R.pop("command", None)
+    R.pop("total_s", None)
+    R.setdefault("notes", [])
+    return R
 
 
 def main(argv=None) -> int:
@@ -222,6 +248,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=None, help="default: WARM_START_DEFAULTS")
     ap.add_argument("--quick", action="store_true", help="< 3 min smoke run on 64² grids (speed_quick.md)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON, run nothing")
+    ap.add_argument("--fresh", action="store_true", help="start a new results file instead of merging into it")
     args = ap.parse_args(argv)
     import torch
 
@@ -237,7 +265,11 @@ def main(argv=None) -> int:
             args.methods = ["vanilla", "tv", "edip"]
     out = Path(args.out or HERE / "results" / ("speed_quick.md" if args.quick else "speed.md"))
     jpath = out.with_suffix(".json")
-    R = {"objects": {}, "command": " ".join(sys.argv[1:])}
+    command = " ".join([".venv/bin/python", "benchmarks/bench_speed.py", *(sys.argv[1:] if argv is None else argv)])
+    R = load_results(jpath, args.fresh)
+    if args.render_only:
+        write_markdown(R, out, args)
+        return 0
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
@@ -245,7 +277,8 @@ def main(argv=None) -> int:
             scan = factory()
             wdir = work / key.replace("/", "_")
             wdir.mkdir()
-            obj = R["objects"][key] = {"label": label, "runs": {}}
+            obj = R["objects"].setdefault(key, {"label": label, "runs": {}})
+            obj["label"] = label
             fbp = bq.one_run(scan, "fbp", {}, wdir)
             obj["fbp_psnr"] = fbp["returned_psnr"]
             sweep = [bq.one_run(scan, "pdhg-tv", {"tv_weight": w, **({"iterations": tv_iters} if tv_iters else {})},
@@ -264,21 +297,21 @@ def main(argv=None) -> int:
                         params["weights"] = str(wpath)
                     r = run_dip(scan, m, params, wdir, args.every)
                 except Exception as e:  # noqa: BLE001 - record, go on with the other methods
-                    obj["runs"][m] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}"}
+                    obj["runs"][m] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}", "command": command,
+                                      "date": time.strftime("%Y-%m-%d")}
                     print(f"  {m}: error {e}", flush=True)
                     continue
-                r["load"] = os.getloadavg()[0]
+                r.update(load=os.getloadavg()[0], command=command, date=time.strftime("%Y-%m-%d"))
                 obj["runs"][m] = r
                 if m in WARM:
                     obj["runs"][f"{m} + pretrain/{args.specimens}"] = dict(r, amortised_s=t_pre / args.specimens)
                 print(f"  {m}: returned {fmt(r['returned_psnr'], 2)} dB in {r['wall_s']:.1f} s", flush=True)
                 jpath.write_text(json.dumps(R, indent=1, default=str))
                 write_markdown(R, out, args)
-    R["total_s"] = time.perf_counter() - t_all
+    print(f"total {time.perf_counter() - t_all:.0f} s")
     jpath.write_text(json.dumps(R, indent=1, default=str))
     write_markdown(R, out, args)
     print(out.read_text())
-    print(f"total {R['total_s']:.0f} s")
     return 0
 
 
