@@ -282,6 +282,29 @@ def test_admm_divergence_guard_returns_the_least_residual_candidate(problem, mon
     assert torch.equal(res2.recon, res3.recon)
 
 
+def test_admm_dual_schedule_follows_the_learning_rate(problem, monkeypatch):
+    """``dual_schedule: lr``: the dual step of ``w <- w + gamma_t (x - u)`` is the learning-rate
+    factor, so with a constant rate nothing changes and with the cosine decay the dual of an
+    expansive 'denoiser' winds up less; an unknown schedule is a one-line error."""
+    import ctdip.methods.admm as admm
+    from ctdip.dip.engine import lr_factor
+
+    monkeypatch.setattr(admm, "make_denoiser", lambda method: (lambda v, sigma: 1.6 * v))
+    kw = dict(iterations=30, rho=20.0, u_every=2, sigma=0.1, output="final")
+    _, const = run("admm", problem, **kw)
+    _, const_lr = run("admm", problem, dual_schedule="lr", **kw)
+    assert torch.equal(const.recon, const_lr.recon)  # constant rate: gamma_t = 1
+    full, res_full = run("admm", problem, lr_schedule="cosine", **kw)
+    damped, res_damped = run("admm", problem, lr_schedule="cosine", dual_schedule="lr", **kw)
+    assert damped.dual_step(1) == 1.0
+    assert damped.dual_step(20) == pytest.approx(lr_factor("cosine", 20, 30)) and damped.dual_step(20) < 0.4
+    assert full.dual_step(20) == 1.0
+    assert damped.w.norm() < full.w.norm()
+    assert not torch.equal(res_full.recon, res_damped.recon)
+    with pytest.raises(UserError, match="--set dual_schedule: must be one of constant, lr"):
+        run("admm", problem, dual_schedule="sometimes", iterations=2)
+
+
 def test_hqs_lam_auto_from_the_cv_noise_level(problem):
     """``hqs-denoiser`` ``lam: auto`` (the default): sigma_0 = sigma_factor * eta, lam = mu_0 sigma_0^2
     with eta the CV noise level; a number fixes it; tv-hqs keeps lam = its TV weight; red's

@@ -20,6 +20,14 @@ Without it (gamma = 1) a learned denoiser that is not non-expansive lets w drift
 walnut (20 views, sigma 0.1) the iterate peaked at 19.4 dB at 560 iterations and fell to -1.4 dB
 at 2000 (``benchmarks/results/quality_tuning_runs.md``).
 
+With ``dual_schedule: lr`` the dual step follows the network's learning-rate schedule s_t
+(:func:`ctdip.dip.engine.lr_factor`; the relaxed dual step of Glowinski's ADMM, gamma in (0, 1])::
+
+    w <- w + s_t (x - u)
+
+so the dual moves no faster than the primal that answers it: once a cosine rate has decayed the
+network can no longer follow u - w, and full dual steps then let w wind up against it.
+
 ``D(x, sigma)`` is the denoiser (``denoiser``: ``learned`` = the DRUNet shipped with ctdip, the
 default; ``tv`` = prox_{sigma^2 TV}; ``bm3d``; or a trained CNN weight file), ``sigma`` its strength
 in the image's scaled units (images O(1); for a CNN the Gaussian noise level it removes).
@@ -53,17 +61,33 @@ from __future__ import annotations
 
 import torch
 
+from ctdip.core.validate import choice
+from ctdip.dip.engine import lr_factor
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
 from ctdip.methods.selection import CV_PARAMS, CrossValidated, carry_tv_weight
+
+#: ``dual_schedule``: the dual step is 1 (``constant``) or follows the learning-rate schedule (``lr``)
+DUAL_SCHEDULES = ("constant", "lr")
 
 
 class ADMM(CrossValidated, DIPMethod):
     name = "admm"
     defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "u_every": 5, "output": "final",
                 "sigma_factor": 2.0, "rho_growth": 1.0, "rho_max": 50.0, "tv_weight": 0.0, "post_denoise": 0.0,
-                "guard": 0.0, "guard_every": 10, **CV_PARAMS}
+                "guard": 0.0, "guard_every": 10, "dual_schedule": "constant", **CV_PARAMS}
     param_aliases = SPLIT_ALIASES
+
+    def check(self, params):
+        super().check(params)
+        choice(str(params["dual_schedule"]), "--set dual_schedule", DUAL_SCHEDULES)
+
+    def dual_step(self, it: int) -> float:
+        """The dual step gamma_t of ``w <- w + gamma_t (x - u)``: 1, or the learning-rate factor
+        with ``dual_schedule: lr`` (module docstring)."""
+        if self.params["dual_schedule"] == "lr":
+            return lr_factor(str(self.params["lr_schedule"]), it, int(self.params["iterations"]))
+        return 1.0
 
     def setup(self, problem, gen):
         self.denoiser = make_denoiser(self)
@@ -93,7 +117,7 @@ class ADMM(CrossValidated, DIPMethod):
         self.watch(it, image)
         if it % int(self.params["u_every"]) == 0:
             self.u = self.denoiser(image + self.w, self.sigma)
-            self.w = self.w + image - self.u
+            self.w = self.w + self.dual_step(it) * (image - self.u)
             growth = float(self.params["rho_growth"])
             if growth > 1.0:  # Chan et al. 2017 (module docstring)
                 rho = min(self.rho * growth, max(float(self.params["rho_max"]), self.rho))
