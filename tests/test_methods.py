@@ -305,6 +305,16 @@ def test_admm_dual_schedule_follows_the_learning_rate(problem, monkeypatch):
         run("admm", problem, dual_schedule="sometimes", iterations=2)
 
 
+def test_recommended_preset_takes_lr_dual_steps_with_a_source():
+    """The shipped ``recommended`` preset uses the lr-following dual step and says where it came from."""
+    from ctdip.methods.params import load_preset
+
+    preset = load_preset("recommended")
+    assert preset["params"]["dual_schedule"] == "lr"
+    assert "quality_tuning_runs.md" in preset["sources"]["dual_schedule"]
+    assert get_method("recommended").defaults["dual_schedule"] == "constant"  # the class default is admm's
+
+
 def test_hqs_lam_auto_from_the_cv_noise_level(problem):
     """``hqs-denoiser`` ``lam: auto`` (the default): sigma_0 = sigma_factor * eta, lam = mu_0 sigma_0^2
     with eta the CV noise level; a number fixes it; tv-hqs keeps lam = its TV weight; red's
