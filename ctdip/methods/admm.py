@@ -31,8 +31,8 @@ network can no longer follow u - w, and full dual steps then let w wind up again
 with it the EMA's data residual fell to the last iteration in all three tuning runs, where with
 full dual steps it had its least value at iteration 2070 (Poisson, z = 70, 20 views; final 1.46 x)
 or left the data (5 % Gaussian: final 350 x, 9.31 dB without the guard); returned 27.96 / 29.72 /
-26.66 dB (z = 70 20 views, z = 50 30 views, z = 70 Gaussian) against 27.52 / 29.48 / 25.36 (27.52:
-the same machine, the same run with ``dual_schedule: constant``; the others from earlier runs).
+26.66 dB (z = 70 20 views, z = 50 30 views, z = 70 Gaussian) against 27.52 / 29.68 / 25.36 (27.52,
+29.68: the same machine, the same run with ``dual_schedule: constant``; 25.36 from an earlier run).
 
 ``D(x, sigma)`` is the denoiser (``denoiser``: ``learned`` = the DRUNet shipped with ctdip, the
 default; ``tv`` = prox_{sigma^2 TV}; ``bm3d``; or a trained CNN weight file), ``sigma`` its strength
