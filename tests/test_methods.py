@@ -283,7 +283,7 @@ def test_admm_divergence_guard_returns_the_least_residual_candidate(problem, mon
 
 
 def test_admm_dual_schedule_follows_the_learning_rate(problem, monkeypatch):
-    """``dual_schedule: lr``: the dual step of ``w <- w + gamma_t (x - u)`` is the learning-rate
+    """``dual_schedule: lr``: the dual step of ``w <- w + s_t (x - u)`` is the learning-rate
     factor, so with a constant rate nothing changes and with the cosine decay the dual of an
     expansive 'denoiser' winds up less; an unknown schedule is a one-line error."""
     import ctdip.methods.admm as admm
@@ -293,7 +293,7 @@ def test_admm_dual_schedule_follows_the_learning_rate(problem, monkeypatch):
     kw = dict(iterations=30, rho=20.0, u_every=2, sigma=0.1, output="final")
     _, const = run("admm", problem, **kw)
     _, const_lr = run("admm", problem, dual_schedule="lr", **kw)
-    assert torch.equal(const.recon, const_lr.recon)  # constant rate: gamma_t = 1
+    assert torch.equal(const.recon, const_lr.recon)  # constant rate: s_t = 1
     full, res_full = run("admm", problem, lr_schedule="cosine", **kw)
     damped, res_damped = run("admm", problem, lr_schedule="cosine", dual_schedule="lr", **kw)
     assert damped.dual_step(1) == 1.0

@@ -21,7 +21,7 @@ walnut (20 views, sigma 0.1) the iterate peaked at 19.4 dB at 560 iterations and
 at 2000 (``benchmarks/results/quality_tuning_runs.md``).
 
 With ``dual_schedule: lr`` the dual step follows the network's learning-rate schedule s_t
-(:func:`ctdip.dip.engine.lr_factor`; the relaxed dual step of Glowinski's ADMM, gamma in (0, 1])::
+(:func:`ctdip.dip.engine.lr_factor`; the relaxed dual step of Glowinski's ADMM, s_t in (0, 1])::
 
     w <- w + s_t (x - u)
 
@@ -29,7 +29,7 @@ so the dual moves no faster than the primal that answers it: once a cosine rate 
 network can no longer follow u - w, and full dual steps then let w wind up against it.
 ``recommended`` uses it (chosen on the tuning CT slices, ``benchmarks/results/quality_tuning_runs.md``):
 with it the EMA's data residual fell to the last iteration in all three tuning runs, where with
-full dual steps it had its least value at iteration 2070 (Poisson, z = 70, 20 views; final 1.46 x)
+full dual steps it had its least value at iteration 1960 (Poisson, z = 70, 20 views; final 1.29 x)
 or left the data (5 % Gaussian: final 350 x, 9.31 dB without the guard); returned 27.96 / 29.72 /
 26.66 dB (z = 70 20 views, z = 50 30 views, z = 70 Gaussian) against 27.52 / 29.68 / 25.36 (27.52,
 29.68: the same machine, the same run with ``dual_schedule: constant``; 25.36 from an earlier run).
@@ -90,7 +90,7 @@ class ADMM(CrossValidated, DIPMethod):
         choice(str(params["dual_schedule"]), "--set dual_schedule", DUAL_SCHEDULES)
 
     def dual_step(self, it: int) -> float:
-        """The dual step gamma_t of ``w <- w + gamma_t (x - u)``: 1, or the learning-rate factor
+        """The dual step s_t of ``w <- w + s_t (x - u)``: 1, or the learning-rate factor
         with ``dual_schedule: lr`` (module docstring)."""
         if self.params["dual_schedule"] == "lr":
             return lr_factor(str(self.params["lr_schedule"]), it, int(self.params["iterations"]))
