@@ -23,6 +23,12 @@ once at the start, so rows from different machines can be told apart), iteration
 
     .venv/bin/python benchmarks/bench_quality.py --objects ct60 --views 30 --methods fbp pdhg-tv-oracle pdhg-tv-auto
     .venv/bin/python benchmarks/bench_quality.py --objects walnut --methods recommended tv
+    .venv/bin/python benchmarks/bench_quality.py --objects walnut --methods recommended --seed 1 --save-images /tmp/img
+
+``--seed N`` reruns a DIP row with another network seed (same scan; row ``METHOD seed=N``), so the
+spread of a default over seeds is measured, not guessed; ``--save-images`` keeps the returned
+images for averages over seeds (``seed_spread.py``). ``--ensemble N`` runs a row with the user
+option ``--set ensemble=N`` (row ``METHOD ensemble=N``): the shipped default with N seeds averaged.
 
 Results: ``benchmarks/results/quality.md`` and ``quality.json`` (rows keyed by object, views,
 noise and method; a rerun replaces its row), rewritten after every run so a partial table is
@@ -88,13 +94,13 @@ def read_recon(run_dir: Path) -> np.ndarray:
     return np.asarray(tifffile.imread(run_dir / "recon.tif"), dtype=np.float64)
 
 
-def one_run(scan, method: str, params: dict, workdir: Path) -> dict:
-    """``reconstruct`` into a fresh folder; scores recon.tif against the scan's reference."""
+def one_run(scan, method: str, params: dict, workdir: Path, seed: int = 0) -> dict:
+    """``reconstruct`` into a fresh folder (network seed ``seed``); scores recon.tif against the scan's reference."""
     from ctdip.core import metrics
     from ctdip.workflows.reconstruct import reconstruct
 
     out = workdir / f"run{len(list(workdir.iterdir()))}"
-    rs = reconstruct(scan, method, params, output=out, backend="auto")
+    rs = reconstruct(scan, method, params, output=out, backend="auto", seed=seed)
     s = rs.summary
     ref = np.asarray(scan.reference, dtype=np.float64)
     rec = read_recon(out).reshape(ref.shape)
@@ -111,14 +117,16 @@ def one_run(scan, method: str, params: dict, workdir: Path) -> dict:
     row = {"method": method, "params": params, "returned_psnr": metrics.psnr(rec, ref),
            "returned_ssim": metrics.ssim(rec, ref), "peak_psnr": s.get("peak", {}).get("psnr"),
            "peak_iter": s.get("peak", {}).get("iter"), "iterations": s.get("iterations"),
-           "wall_s": s.get("wall_time_s"), "curve": rows}
-    for k in ("tv_weight", "tv_weight_choice", "output", "sigma", "sigma_choice", "family", "divergence_guard"):
+           "wall_s": s.get("wall_time_s"), "curve": rows, "image": rec}
+    for k in ("tv_weight", "tv_weight_choice", "output", "sigma", "sigma_choice", "family", "divergence_guard",
+              "ensemble"):
         if k in res:
             row[k] = res[k]
     return row
 
 
-def run_row(name: str, scan, workdir: Path, iterations: int | None, overrides: dict | None = None) -> dict:
+def run_row(name: str, scan, workdir: Path, iterations: int | None, overrides: dict | None = None,
+            seed: int = 0) -> dict:
     params: dict = dict(overrides or {})
     if name == "fbp":
         return one_run(scan, "fbp", {}, workdir)
@@ -134,7 +142,7 @@ def run_row(name: str, scan, workdir: Path, iterations: int | None, overrides: d
     if iterations is not None:
         params["iterations"] = iterations
     params["checkpoint_every"] = 0
-    return one_run(scan, name, params, workdir)
+    return one_run(scan, name, params, workdir, seed=seed)
 
 
 def fmt(v, nd=2) -> str:
@@ -188,6 +196,10 @@ def write_markdown(results: dict, path: Path, tuning: bool) -> None:
                 ratio = g["final_residual"] / g["min_residual"]
                 notes.append(f"guard: final/min data residual {ratio:.2f}" +
                              (f" > {g['factor']:g}, returned it {g['min_iter']}" if g["used"] else ""))
+            en = r.get("ensemble")
+            if en:
+                notes.append(f"mean of {en['n']} seeds' runs (members " +
+                             ", ".join(f"{mm['returned']['psnr']:.2f}" for mm in en["members"]) + " dB)")
             if r.get("note"):
                 notes.append(r["note"])
             if r.get("matmul_gflops"):
@@ -216,6 +228,14 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="method parameters (only with --tuning: a reported row uses the shipped defaults); "
                          "the row is keyed 'METHOD KEY=VALUE ...'")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="network seed of the DIP rows (the scan is the same); a row with seed N != 0 is keyed "
+                         "'METHOD ... seed=N', so several seeds measure the spread of one default")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="run the DIP rows with the user option --set ensemble=N (the mean of N seeds' runs, "
+                         "ctdip.workflows.ensemble); the row is keyed 'METHOD ensemble=N'")
+    ap.add_argument("--save-images", default=None, metavar="DIR",
+                    help="also write each DIP row's returned image as DIR/<key>__<row>.npy (for seed averages)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--render-only", action="store_true")
@@ -249,14 +269,21 @@ def main(argv=None) -> int:
                 cmd.append("--tuning")
             if args.iterations is not None and m not in BASELINES:
                 cmd += ["--iterations", str(args.iterations)]
+            seed = 0 if m in BASELINES else args.seed
+            ens = 1 if m in BASELINES else args.ensemble
+            if seed:
+                cmd += ["--seed", str(seed)]
+            if ens > 1:
+                cmd += ["--ensemble", str(ens)]
             if args.set:
                 cmd += ["--set", *args.set]
-            name = " ".join([m, *args.set])
+            name = " ".join([m, *args.set] + ([f"seed={seed}"] if seed else []) + ([f"ensemble={ens}"] if ens > 1 else []))
+            row_overrides = {**overrides, **({"ensemble": ens} if ens > 1 else {})}
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="ctdip_quality_") as tmp:
                 try:
-                    row = run_row(m, scan, Path(tmp), args.iterations, overrides)
+                    row = run_row(m, scan, Path(tmp), args.iterations, row_overrides, seed=seed)
                 except Exception as e:  # noqa: BLE001 - record and go on
                     row = {"method": m, "error": f"{type(e).__name__}: {e}"}
             row.update(label=label, command=".venv/bin/python " + shlex.join(cmd), threads=args.threads,
@@ -264,6 +291,10 @@ def main(argv=None) -> int:
                        matmul_gflops=gflops)
             if args.iterations is not None and m not in BASELINES:
                 row["iterations_override"] = args.iterations
+            image = row.pop("image", None)
+            if args.save_images and image is not None and m not in BASELINES:
+                Path(args.save_images).mkdir(parents=True, exist_ok=True)
+                np.save(Path(args.save_images) / f"{key.replace('/', '_')}__{name.replace(' ', '_')}.npy", image)
             results.setdefault(key, {})[name] = row
             jpath.write_text(json.dumps(results, indent=1) + "\n")
             write_markdown(results, out, args.tuning)

@@ -119,7 +119,7 @@ class ConsoleReporter:
     def on_progress(self, iteration: int, total: int, metrics: dict) -> None:
         if self.bar is None or not self.bar.shown:
             return
-        info = []
+        info = [f"member {metrics['member']}"] if metrics.get("member") else []  # an ensemble's member k/N
         if isinstance(metrics.get("loss"), (int, float)):
             info.append(f"loss {metrics['loss']:.3e}")
         if isinstance(metrics.get("psnr"), (int, float)):
@@ -153,8 +153,9 @@ def print_summary(rs: RunSummary) -> None:
 
     s = rs.summary
     con = Console(highlight=False)
-    line = f"[bold]{s['method']}[/bold] on {s.get('dataset', '')}: {s.get('iterations')} iteration(s) in " \
-           f"{s['wall_time_s']:.1f} s"
+    ens = (s.get("result") or {}).get("ensemble")
+    its = f"{ens['n']} x {s.get('iterations')}" if ens else s.get("iterations")
+    line = f"[bold]{s['method']}[/bold] on {s.get('dataset', '')}: {its} iteration(s) in {s['wall_time_s']:.1f} s"
     con.print(line)
     for line in number_lines(s):
         con.print("  " + line)
@@ -195,7 +196,12 @@ def number_lines(s: dict) -> list[str]:
         return out
     r = s["returned"]
     out.append(f"returned  PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  (recon.tif)")
-    if (s.get("iterations") or 1) > 1:
+    ens = (s.get("result") or {}).get("ensemble")
+    if ens:  # the mean of N seeds' runs: their own returned images, no single curve
+        psnrs = ", ".join(f"{m['returned']['psnr']:.2f}" for m in ens["members"] if "returned" in m)
+        seeds = ", ".join(str(m["seed"]) for m in ens["members"])
+        out.append(f"members   PSNR {psnrs} dB  (seeds {seeds}; mean = recon.tif, spread = recon_std.tif)")
+    elif (s.get("iterations") or 1) > 1:
         f = s["final"]
         ssim = f"  SSIM {f['ssim']:.4f}" if f.get("ssim") is not None else ""
         out.append(f"final     PSNR {f['psnr']:.2f} dB{ssim}  (last logged iterate, iteration {f['iter']})")

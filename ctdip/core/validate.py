@@ -155,6 +155,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "prox_iterations": POSITIVE_INT,
     "alpha": NONNEG,
     "realisations": POSITIVE_INT,
+    "ensemble": POSITIVE_INT,
     "noise_std": NONNEG,
 }
 

@@ -53,6 +53,8 @@ MODEL_OPTIONS: dict[str, tuple[Any, str | None]] = {
     "view_batch": (0, "0 = every view each step; K = a random subset of K views per step (handbook §5.3, "
                       "ctdip/methods/_view_subsets.py)"),
     "output": ("method", "method = the method's own returned image (final network output for most; see its docstring)"),
+    "ensemble": (1, "1 = one network seed; N > 1 = the mean of N seeds' returned images, their spread as "
+                    "recon_std.tif (ctdip/workflows/ensemble.py; N runs' time)"),
     "holdout_fraction": (0.1, "views held out for output: holdout when --holdout is not given (every 10th view, "
                               "at least 3: on the tuning walnut at 20 views 2 held-out views picked 16.88 dB, 3 "
                               "picked 18.91 (peak 18.74), benchmarks/results/stopping.md)"),

@@ -1,4 +1,5 @@
-"""Run-folder figures: ``preview.png`` (reconstruction, reference, error map) and ``psnr.png``.
+"""Run-folder figures: ``preview.png`` (reconstruction, reference, error map; an ensemble's spread)
+and ``psnr.png``.
 
 Both are written atomically with matplotlib's Agg backend (no display needed). Volumes show their
 middle z slice; images are drawn as arrays (row 0 at the top), the same orientation as
@@ -32,9 +33,11 @@ def _mid(v: np.ndarray) -> np.ndarray:
 
 def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = None,
             initial: np.ndarray | None = None, title: str = "", voxel_mm: float | None = None,
-            psnr: float | None = None, ssim: float | None = None, unit: str = "1/mm"):
-    """Write the preview figure: recon | reference | error (or recon | initial FBP without reference).
-    A volume shows its middle slice, named in the title (``z = k of N``). Returns the figure."""
+            psnr: float | None = None, ssim: float | None = None, unit: str = "1/mm",
+            spread: np.ndarray | None = None):
+    """Write the preview figure: recon | reference | error (or recon | initial FBP without reference),
+    and with ``spread`` (an ensemble's ``recon_std.tif``) a last panel of the seeds' standard
+    deviation. A volume shows its middle slice, named in the title (``z = k of N``). Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -53,6 +56,8 @@ def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = 
         if initial is not None:
             panels.append(("initial (FBP/FDK)", _mid(initial), "grey"))
         lo, hi = np.percentile(r, [0.5, 99.5])
+    if spread is not None:
+        panels.append(("spread over the seeds (std)", _mid(spread), "std"))
     if hi <= lo:
         hi = lo + 1e-6
     extent = None
@@ -65,6 +70,8 @@ def preview(path: str | Path, recon: np.ndarray, reference: np.ndarray | None = 
         if kind == "err":
             m = float(np.percentile(np.abs(img), 99)) or 1e-6
             im = ax.imshow(img, cmap="RdBu_r", vmin=-m, vmax=m, extent=extent)
+        elif kind == "std":
+            im = ax.imshow(img, cmap="magma", vmin=0, vmax=float(np.percentile(img, 99.5)) or 1e-6, extent=extent)
         else:
             im = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, extent=extent)
         ax.set_title(name, fontsize=10)

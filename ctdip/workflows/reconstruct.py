@@ -10,7 +10,9 @@
 3. creates the run folder (default ``runs/<timestamp>_<method>_<dataset>``; with ``resume`` the
    existing folder, whose ``config.yaml`` restores method, parameters, seed and scan options via
    :func:`ctdip.workflows.resume.resume_settings`) and writes ``config.yaml``;
-4. calls ``method.run(problem, RunContext(...))`` (a DIP method seeds torch/numpy/random);
+4. calls ``method.run(problem, RunContext(...))`` (a DIP method seeds torch/numpy/random); with
+   ``ensemble: N`` > 1, N members of seeds ``seed`` ... ``seed + N - 1`` into ``members/seed<S>/``
+   and their mean (:mod:`ctdip.workflows.ensemble`);
 5. writes ``recon.tif`` (``problem.unscale``; voxel size in the ImageJ metadata; ASTRA's (z, y, x)
    volume orientation), ``recon_<name>.tif`` for each of ``result.extras`` (``best`` only with a
    reference), ``summary.json``, ``preview.png`` and ``psnr.png``.
@@ -359,10 +361,31 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     try:
         ctx = RunContext(run=run, seed=int(seed), resume=bool(resume), quiet=not reporter.verbose,
                          progress=reporter.on_progress, time_limit_s=limit_s, stop_early=bool(stop_early))
-        result = m.run(problem, ctx)  # a DIP method seeds the generators (dip.context.seed_everything)
+        members = int(m.params.get("ensemble", 1))
+        if members > 1:  # N seeds into RUN/members/seed<S>, their mean (ctdip.workflows.ensemble)
+            from ctdip.workflows.ensemble import run_ensemble
+
+            def write_member(prob, res, member_run, wall_s):
+                return write_outputs(prob, res, member_run, wall_s, name, dataset)
+
+            result = run_ensemble(lambda: cls(**{**(params or {}), "ensemble": 1}), members, problem, ctx, config,
+                                  write_member=write_member)
+        else:
+            result = m.run(problem, ctx)  # a DIP method seeds the generators (dip.context.seed_everything)
     finally:
         reporter.on_stop()
 
+    summary = write_outputs(problem, result, run, time.perf_counter() - t_start, name, dataset)
+    out = RunSummary(path=run_path, summary=summary, config=config, warnings=warnings)
+    reporter.on_finish(out)
+    return out
+
+
+def write_outputs(problem, result, run, wall_s: float, name: str, dataset: str) -> dict:
+    """recon.tif, recon_<extra>.tif, summary.json, preview.png and psnr.png of a finished run
+    (module docstring, step 5); returns the summary."""
+    run_path = run.path
+    geom = problem.A.geometry
     vox = problem.volume.voxel_mm
     recon_np = _as_np(problem.unscale(result.recon)).reshape(problem.volume.shape)
     run.write_volume("recon.tif", recon_np, vox)
@@ -375,8 +398,7 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
         extras_np[k] = _as_np(problem.unscale(t)).reshape(problem.volume.shape)
         run.write_volume(f"recon_{k}.tif", extras_np[k], vox)
     rows = run.read_metrics() or list(result.history or [])
-    summary = build_summary(problem, result, rows, time.perf_counter() - t_start, name, run_path, extras_np,
-                            recon_np)
+    summary = build_summary(problem, result, rows, wall_s, name, run_path, extras_np, recon_np)
     summary["dataset"] = dataset
     run.write_summary(summary)
 
@@ -385,19 +407,18 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
     ref_np = None if problem.reference is None else _as_np(problem.unscale(problem.reference))
     init_np = None if problem.x_init is None else _as_np(problem.unscale(problem.x_init))
     fin = summary.get("returned", {})
+    ens = (result.summary or {}).get("ensemble")
+    label = f"{name} (mean of {ens['n']} seeds)" if ens else name
     plots.preview(run.file("preview.png"), recon_np, ref_np, init_np,
-                  title=f"{name} on {dataset} ({problem.A.geometry.kind}, {geom.n_views} views)",
-                  voxel_mm=float(vox[2]), psnr=fin.get("psnr"), ssim=fin.get("ssim"))
+                  title=f"{label} on {dataset} ({problem.A.geometry.kind}, {geom.n_views} views)",
+                  voxel_mm=float(vox[2]), psnr=fin.get("psnr"), ssim=fin.get("ssim"), spread=extras_np.get("std"))
     marks = {}
     if "peak" in summary:
         marks["peak"] = (summary["peak"]["iter"], summary["peak"]["psnr"])
     if "early_stop" in summary and summary["early_stop"].get("psnr") is not None:
         marks["early stop"] = (summary["early_stop"]["iter"], summary["early_stop"]["psnr"])
     plots.psnr_curve(run.file("psnr.png"), rows, title=f"{name} on {dataset}", marks=marks)
-
-    out = RunSummary(path=run_path, summary=summary, config=config, warnings=warnings)
-    reporter.on_finish(out)
-    return out
+    return summary
 
 
 def finished_run(path: Path) -> RunSummary:
