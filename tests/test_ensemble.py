@@ -47,9 +47,13 @@ def test_ensemble_is_the_mean_of_its_seeds_runs(scan, tmp_path, one_thread):
     mse = [10 ** (-m["returned"]["psnr"] / 10) for m in ens["members"]]
     assert 10 ** (-rs.summary["returned"]["psnr"] / 10) <= np.mean(mse) * (1 + 1e-6)
     assert rs.summary["iterations"] == 12 and "recon_std.tif" in rs.summary["files"]
+    import yaml
+
+    cfg = yaml.safe_load((members[1] / "config.yaml").read_text())  # resumable alone, as one run
+    assert cfg["seed"] == 5 and cfg["params"]["ensemble"] == 1 and "ensemble" not in cfg["overrides"]
 
 
-def test_killed_ensemble_resumes_to_the_uninterrupted_result(scan, tmp_path, one_thread):
+def test_killed_ensemble_resumes_to_the_uninterrupted_result(scan, tmp_path, one_thread, capsys):
     from ctdip.workflows.reconstruct import reconstruct
 
     params = {**P, "ensemble": 2}
@@ -74,6 +78,8 @@ def test_killed_ensemble_resumes_to_the_uninterrupted_result(scan, tmp_path, one
     assert (tmp_path / "cut" / "members" / "seed0" / "summary.json").is_file()
     assert not (tmp_path / "cut" / "recon.tif").exists()
     first = (tmp_path / "cut" / "members" / "seed0" / "recon.tif").stat().st_mtime_ns
+    assert main(["spectrum", str(tmp_path / "cut"), "--rank", "2"]) == 2  # one network per member
+    assert "members/seed0" in capsys.readouterr().err
     assert main(["reconstruct", "--resume", str(tmp_path / "cut"), "-q"]) == 0
     assert (tmp_path / "cut" / "members" / "seed0" / "recon.tif").stat().st_mtime_ns == first  # not rerun
     np.testing.assert_allclose(_recon(tmp_path / "cut"), _recon(full.path), rtol=1e-5, atol=1e-6)

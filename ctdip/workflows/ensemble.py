@@ -69,8 +69,7 @@ def run_ensemble(make_member: Callable[[], object], n: int, problem, ctx, config
             continue
         run.create(exist_ok=True)
         resume = run.file("checkpoint.pt").exists()
-        run.write_config({**config, "seed": seed, "ensemble_member": {"index": k, "of": int(n),
-                                                                      "ensemble": str(ctx.run.path)}})
+        run.write_config(member_config(config, seed, k, int(n), ctx.run.path))
         limit = None
         if ctx.time_limit_s is not None:
             limit = float(ctx.time_limit_s) - (time.perf_counter() - t0)
@@ -101,9 +100,18 @@ def run_ensemble(make_member: Callable[[], object], n: int, problem, ctx, config
     summary = {"iterations": members[0].get("iterations"),
                "ensemble": {"members": members, "n": int(n),
                             "rule": "recon.tif = mean of the members' returned images, recon_std.tif = their "
-                                    "standard deviation (ddof 1) per voxel",
+                                    "standard deviation (ddof 1) per voxel; relative_spread = mean std / mean |recon|",
                             "relative_spread": spread}}
     return MethodResult(recon=mean, extras={"std": std}, summary=summary, history=[])
+
+
+def member_config(config: dict, seed: int, index: int, n: int, ensemble_path: Path) -> dict:
+    """The ensemble's config.yaml as a member's: its seed, ``ensemble: 1`` (so ``--resume`` of the
+    member folder alone continues that one run) and where it belongs."""
+    out = {**config, "seed": int(seed), "ensemble_member": {"index": index, "of": n, "ensemble": str(ensemble_path)}}
+    out["params"] = {**(config.get("params") or {}), "ensemble": 1}
+    out["overrides"] = {k: v for k, v in (config.get("overrides") or {}).items() if k != "ensemble"}
+    return out
 
 
 def read_member(run, problem) -> torch.Tensor:

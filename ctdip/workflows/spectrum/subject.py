@@ -51,6 +51,11 @@ def load_subject(source: str | Path, scan: str | Path | None = None, scan_option
             ck = run.load_checkpoint()
         except Exception as e:  # unreadable / not weights_only-safe
             raise UserError(f"cannot read checkpoint ({type(e).__name__})", path=run.file("checkpoint.pt")) from None
+        if not ck and (source / "members").is_dir():  # ctdip.workflows.ensemble: a network per member
+            first = sorted((source / "members").glob("seed*"))
+            hint = f" (e.g. {first[0]})" if first else ""
+            raise UserError(f"an ensemble has one network per member: give a member's run folder{hint}",
+                            path=source)
         if not ck or "network_arch" not in ck or "network" not in ck:
             raise UserError("no network checkpoint (spectrum needs a DIP run; classical methods have no network)",
                             path=source)
