@@ -47,6 +47,9 @@ def test_ensemble_is_the_mean_of_its_seeds_runs(scan, tmp_path, one_thread):
     mse = [10 ** (-m["returned"]["psnr"] / 10) for m in ens["members"]]
     assert 10 ** (-rs.summary["returned"]["psnr"] / 10) <= np.mean(mse) * (1 + 1e-6)
     assert rs.summary["iterations"] == 12 and "recon_std.tif" in rs.summary["files"]
+    from ctdip.workflows.evaluate import load_entry
+
+    assert load_entry(rs.path).method == "vanilla x3"  # ctdip evaluate names the ensemble
     import yaml
 
     cfg = yaml.safe_load((members[1] / "config.yaml").read_text())  # resumable alone, as one run

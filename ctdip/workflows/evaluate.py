@@ -245,6 +245,9 @@ def load_entry(path: str | Path) -> Entry:
         method = summary.get("method") or cfg.get("method")
         if isinstance(method, dict):
             method = method.get("name")
+        ens = ((summary or {}).get("result") or {}).get("ensemble")
+        if method is not None and ens:  # ctdip.workflows.ensemble: the mean of N seeds' runs
+            method = f"{method} x{ens['n']}"
         es = read_volume(run.file("recon_es.tif")) if run.file("recon_es.tif").exists() else None
         return Entry(name=path.name or str(path), path=path, kind="run", recon=read_volume(run.file("recon.tif")),
                      method=None if method is None else str(method), recon_es=es, metrics=rows,
