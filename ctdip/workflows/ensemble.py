@@ -116,9 +116,9 @@ def member_config(config: dict, seed: int, index: int, n: int, ensemble_path: Pa
 
 def read_member(run, problem) -> torch.Tensor:
     """A finished member's recon.tif back in the problem's scaled units."""
-    import tifffile
+    from ctdip.core.io import read_tiff
 
-    arr = np.asarray(tifffile.imread(run.file("recon.tif")), dtype=np.float32)
+    arr = read_tiff(run.file("recon.tif"))
     return torch.from_numpy(arr.reshape(problem.volume.shape) * np.float32(problem.intensity_scale))
 
 

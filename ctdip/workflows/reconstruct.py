@@ -363,13 +363,12 @@ def _reconstruct(scan, method: str, params: dict | None = None, output: str | Pa
                          progress=reporter.on_progress, time_limit_s=limit_s, stop_early=bool(stop_early))
         members = int(m.params.get("ensemble", 1))
         if members > 1:  # N seeds into RUN/members/seed<S>, their mean (ctdip.workflows.ensemble)
+            from functools import partial
+
             from ctdip.workflows.ensemble import run_ensemble
 
-            def write_member(prob, res, member_run, wall_s):
-                return write_outputs(prob, res, member_run, wall_s, name, dataset)
-
             result = run_ensemble(lambda: cls(**{**(params or {}), "ensemble": 1}), members, problem, ctx, config,
-                                  write_member=write_member)
+                                  write_member=partial(write_outputs, name=name, dataset=dataset))
         else:
             result = m.run(problem, ctx)  # a DIP method seeds the generators (dip.context.seed_everything)
     finally:
