@@ -102,7 +102,7 @@ def test_aseq_z_not_in_optimizer(problem):
 
 
 def test_self_guided_z_receives_gradients_and_returns_ema(problem):
-    m = get_method("self-guided")(**{**FAST, "iterations": 10})
+    m = get_method("self-guided")(**{**FAST, "iterations": 10, "tv_weight": 0.0})  # no CV progress rows
     grads = []
 
     def progress(it, total, row):
@@ -139,6 +139,10 @@ def test_presets_have_sources_for_every_param():
     aseq = yaml.safe_load((PRESET_DIR / "aseq.yaml").read_text())["params"]
     # lambda and N from Alkhouri et al. 2024; 1000 blocks at lr 2e-3 (cosine) chosen for the light network
     assert (aseq["lam"], aseq["block_steps"], aseq["iterations"] // aseq["block_steps"], aseq["lr"]) == (1.0, 2, 1000, 2e-3)
+    assert get_method("aseq")().params["tv_weight"] == 0.0  # the paper's aSeqDIP
+    # self-guided + the CV-weighted TV term for 2000 iterations, chosen on the tuning objects
+    sg = get_method("self-guided")().params
+    assert (sg["tv_weight"], sg["tv_factor"], sg["iterations"]) == ("auto", 0.25, 2000)
 
 
 def test_denoiser_methods_accept_cnn_weights(problem, tmp_path):
@@ -210,9 +214,9 @@ def test_holdout_residual_logged():
     assert "final_holdout" in res.summary
 
 
-@pytest.mark.parametrize("name", ["tv", "tv-hqs", "edip"])
+@pytest.mark.parametrize("name", ["tv", "tv-hqs", "edip", "aseq", "self-guided"])
 def test_tv_weight_auto_in_every_tv_method(problem, tmp_path, name):
-    """``tv_weight: auto`` is one mechanism (selection.AutoTVWeight): tv, tv-hqs and edip use the CV
+    """``tv_weight: auto`` is one mechanism (selection.AutoTVWeight): tv, tv-hqs, edip, aseq and self-guided use the CV
     weight of PDHG-TV carried over times ``tv_factor``, and record the same evidence."""
     from ctdip.methods.selection import dip_tv_weight
 

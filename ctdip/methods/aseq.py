@@ -10,6 +10,10 @@ blocks k = 0 .. K-1 of N network steps each (``block_steps``; its old name ``inn
 
 and the reconstruction is z_K. Defaults (Alkhouri et al.): lambda = 1, N = 2, K = 2000 blocks
 (``iterations`` = N K network updates in total; the block count is ``iterations / N``), lr 1e-4.
+
+``tv_weight`` w adds ``w TV(f_theta(z_k))`` to the network loss (TV as in :mod:`ctdip.methods.tv`;
+``auto``: the held-out-view CV weight of PDHG-TV times ``tv_factor``, as ``tv``); 0 is the paper's
+aSeqDIP.
 """
 
 from __future__ import annotations
@@ -17,24 +21,29 @@ from __future__ import annotations
 import torch
 
 from ctdip.methods._dip import DIPMethod
+from ctdip.methods.selection import CV_PARAMS, AutoTVWeight
 
 
-class ASeq(DIPMethod):
+class ASeq(AutoTVWeight, DIPMethod):
     name = "aseq"
-    defaults = {"lam": 1.0, "block_steps": 2}
+    defaults = {"lam": 1.0, "block_steps": 2, "tv_weight": 0.0, **CV_PARAMS}
     numbers_only = ("lam",)
     param_aliases = {"inner": "block_steps"}
 
     def setup(self, problem, gen):
         self.z.requires_grad_(False)
         self.z_updates: list[int] = []
+        self.resolve_tv_weight(problem)
 
     def param_groups(self, lr):
         return [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
 
     def objective(self, it, gen):
         step = super().objective(it, gen)
-        return step.plus(float(self.params["lam"]) * ((step.image - self.z) ** 2).mean())
+        reg = float(self.params["lam"]) * ((step.image - self.z) ** 2).mean()
+        if self.weight > 0:
+            reg = reg + self.weight * self.tv(step.image)
+        return step.plus(reg)
 
     @torch.no_grad()
     def after_step(self, it, image, gen):
@@ -55,4 +64,4 @@ class ASeq(DIPMethod):
         self.z_updates = list(state["z_updates"])
 
     def extra_summary(self):
-        return {"blocks": len(self.z_updates), "block_steps": int(self.params["block_steps"])}
+        return {"blocks": len(self.z_updates), "block_steps": int(self.params["block_steps"]), **self.tv_weight_summary()}

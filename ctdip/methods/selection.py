@@ -182,7 +182,7 @@ def carry_tv_weight(problem, choice: WeightChoice, factor: float) -> float:
 
 
 #: the parameters of a cross-validated weight, shared by every DIP method with ``tv_weight: auto``
-#: or ``sigma: auto`` (tv, tv-hqs, edip, edip-fe, admm, recommended)
+#: or ``sigma: auto`` (tv, tv-hqs, edip, edip-fe, self-guided, aseq, admm, recommended)
 CV_PARAMS = {"tv_factor": 1.0, "cv_folds": 5, "cv_grid": "1e-4:0.1:2", "cv_iterations": 300}
 
 
@@ -210,9 +210,9 @@ class CrossValidated:
 
 
 class AutoTVWeight(CrossValidated):
-    """Mixin of the DIP methods with a ``tv_weight`` in their loss (tv, tv-hqs, edip, edip-fe): the
-    weight is a number, or ``auto``, the K-fold held-out-view CV weight of PDHG-TV carried over to
-    the DIP loss times ``tv_factor`` (:func:`cv_from_params`, :func:`carry_tv_weight`). The method
+    """Mixin of the DIP methods with a ``tv_weight`` in their loss (tv, tv-hqs, edip, edip-fe,
+    self-guided, aseq): the weight is a number, or ``auto``, the K-fold held-out-view CV weight of
+    PDHG-TV carried over to the DIP loss times ``tv_factor`` (:func:`cv_from_params`, :func:`carry_tv_weight`). The method
     calls :meth:`resolve_tv_weight` in its ``setup`` and merges :meth:`tv_weight_summary` into its
     summary; the evidence goes to ``summary.json`` as ``tv_weight_choice``."""
 

@@ -12,6 +12,9 @@ reproduce it under input noise; the output is the mean over M noisy input realis
 ``M`` = ``realisations`` (evaluated as one batch; GroupNorm is per sample, so batching is exact),
 ``s`` = ``noise_std``, ``alpha`` = ``alpha``, ``beta`` = ``ema_decay``. The returned
 reconstruction is the EMA output.
+
+``tv_weight`` w adds ``w TV(xbar)`` to L (TV as in :mod:`ctdip.methods.tv`; ``auto``: the
+held-out-view CV weight of PDHG-TV times ``tv_factor``, as ``tv``); 0 is Liang et al.'s method.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ import torch
 
 from ctdip.dip.engine import StepOut
 from ctdip.methods._dip import DIPMethod
+from ctdip.methods.selection import CV_PARAMS, AutoTVWeight
 
 
-class SelfGuided(DIPMethod):
+class SelfGuided(AutoTVWeight, DIPMethod):
     name = "self-guided"
-    defaults = {"alpha": 0.1, "realisations": 2, "noise_std": 0.05}
+    defaults = {"alpha": 0.1, "realisations": 2, "noise_std": 0.05, "tv_weight": 0.0, **CV_PARAMS}
 
     def setup(self, problem, gen):
         self.z.requires_grad_(True)
+        self.resolve_tv_weight(problem)
 
     def mean_output(self, gen: torch.Generator | None) -> torch.Tensor:
         m = int(self.params["realisations"])
@@ -41,6 +46,8 @@ class SelfGuided(DIPMethod):
         x = self.mean_output(gen)
         fit = self.data_fit(x)
         reg = float(self.params["alpha"]) * ((x - self.z) ** 2).mean()
+        if self.weight > 0:
+            reg = reg + self.weight * self.tv(x)
         return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
 
     @torch.no_grad()
@@ -49,3 +56,6 @@ class SelfGuided(DIPMethod):
 
     def choose_result(self, res):
         return res.picks.get("ema", res.image)
+
+    def extra_summary(self):
+        return self.tv_weight_summary()
