@@ -40,10 +40,7 @@ class ASeq(AutoTVWeight, DIPMethod):
 
     def objective(self, it, gen):
         step = super().objective(it, gen)
-        reg = float(self.params["lam"]) * ((step.image - self.z) ** 2).mean()
-        if self.weight > 0:
-            reg = reg + self.weight * self.tv(step.image)
-        return step.plus(reg)
+        return step.plus(self.plus_tv(float(self.params["lam"]) * ((step.image - self.z) ** 2).mean(), step.image))
 
     @torch.no_grad()
     def after_step(self, it, image, gen):

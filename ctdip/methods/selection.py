@@ -212,9 +212,10 @@ class CrossValidated:
 class AutoTVWeight(CrossValidated):
     """Mixin of the DIP methods with a ``tv_weight`` in their loss (tv, tv-hqs, edip, edip-fe,
     self-guided, aseq): the weight is a number, or ``auto``, the K-fold held-out-view CV weight of
-    PDHG-TV carried over to the DIP loss times ``tv_factor`` (:func:`cv_from_params`, :func:`carry_tv_weight`). The method
-    calls :meth:`resolve_tv_weight` in its ``setup`` and merges :meth:`tv_weight_summary` into its
-    summary; the evidence goes to ``summary.json`` as ``tv_weight_choice``."""
+    PDHG-TV carried over to the DIP loss times ``tv_factor`` (:func:`cv_from_params`,
+    :func:`carry_tv_weight`). The method calls :meth:`resolve_tv_weight` in its ``setup`` and merges
+    :meth:`tv_weight_summary` into its summary; the evidence goes to ``summary.json`` as
+    ``tv_weight_choice``. Methods whose TV term is optional add it with :meth:`plus_tv`."""
 
     weight: float = 0.0
 
@@ -224,6 +225,11 @@ class AutoTVWeight(CrossValidated):
             weight = carry_tv_weight(problem, self.cross_validate(problem), float(self.params["tv_factor"]))
         self.weight = float(weight)
         return self.weight
+
+    def plus_tv(self, reg, image):
+        """``reg + tv_weight TV(image)``; ``reg`` itself at weight 0 (the method without its TV
+        term: nothing computed, the loss unchanged)."""
+        return reg + self.weight * self.tv(image) if self.weight > 0 else reg
 
     def tv_weight_summary(self) -> dict:
         out = {"tv_weight": self.weight}

@@ -45,9 +45,7 @@ class SelfGuided(AutoTVWeight, DIPMethod):
     def objective(self, it, gen):
         x = self.mean_output(gen)
         fit = self.data_fit(x)
-        reg = float(self.params["alpha"]) * ((x - self.z) ** 2).mean()
-        if self.weight > 0:
-            reg = reg + self.weight * self.tv(x)
+        reg = self.plus_tv(float(self.params["alpha"]) * ((x - self.z) ** 2).mean(), x)
         return StepOut(loss=fit + reg, image=x, data_fit=fit, reg=reg)
 
     @torch.no_grad()
