@@ -150,3 +150,26 @@ def test_reporter_is_stopped_when_the_run_is_interrupted(scan, tmp_path, one_thr
     with pytest.raises(KeyboardInterrupt):
         reconstruct(scan, "vanilla", {"iterations": 8, "network": "tiny"}, output=tmp_path / "cut", reporter=rec)
     assert rec.events[-2:] == [("progress", 3, 8), ("stop",)]  # the CLI's bar is closed before its message
+
+
+def test_tv_weight_flag_takes_a_number_or_auto(scan, tmp_path, capsys):
+    """``--tv-weight auto`` is ``--set tv_weight=auto`` (the CV choice, on the console and in
+    summary.json); a number is a float in config.yaml (so ``--resume --tv-weight 2e-3`` matches it)."""
+    run = tmp_path / "auto"
+    rc = main(["reconstruct", str(scan), "-m", "aseq", "--network", "tiny", "-n", "4", "--tv-weight", "auto",
+               "--set", "cv_iterations=20", "-o", str(run)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "by 5-fold held-out-view CV" in out
+    s = json.loads((run / "summary.json").read_text())
+    ch = s["result"]["tv_weight_choice"]
+    assert s["result"]["tv_weight"] == pytest.approx(ch["dip_tv_weight"]) and s["result"]["tv_weight"] > 0
+    fixed = tmp_path / "fixed"
+    assert main(["reconstruct", str(scan), "-m", "aseq", "--network", "tiny", "-n", "2", "--tv-weight", "2e-3",
+                 "-o", str(fixed), "-q"]) == 0
+    assert yaml.safe_load((fixed / "config.yaml").read_text())["overrides"]["tv_weight"] == 2e-3
+    (fixed / "summary.json").unlink()  # as after a kill: the same flag resumes
+    assert main(["reconstruct", "--resume", str(fixed), "--tv-weight", "2e-3", "-q"]) == 0
+    assert main(["reconstruct", str(scan), "-m", "aseq", "-n", "2", "--tv-weight", "lots", "-o",
+                 str(tmp_path / "bad")]) == 2
+    assert "--tv-weight: must be a finite number >= 0 or 'auto', got 'lots'" in capsys.readouterr().err

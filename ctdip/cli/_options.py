@@ -20,7 +20,8 @@ NETWORK = typer.Option(None, "--network", metavar="NAME|FILE",
                        help="Network preset (" + ", ".join(sorted(p.stem for p in preset_dir("networks").glob("*.yaml")))
                        + ") or YAML file.")
 BACKEND_HELP = "Operator backend: auto, matrix, torch, astra-cuda (or one a plugin registered)."
-TV_WEIGHT = typer.Option(None, "--tv-weight", metavar="W", help="TV weight (pdhg-tv, tv, ...).")
+TV_WEIGHT = typer.Option(None, "--tv-weight", metavar="W|auto",
+                         help="TV weight (pdhg-tv, tv, ...), or auto: chosen by held-out-view cross-validation.")
 WEIGHTS = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (EDIP).")
 # scan option (``reconstruct``, ``batch`` and ``pretrain``)
 ORBIT = typer.Option(None, "--orbit", metavar="1|2|3", help="Walnut layout: source position 1, 2 (default) or 3.")
@@ -34,6 +35,17 @@ def method_help() -> str:
     alias = ", ".join(f"{a} = {t}" for a, t in ALIASES.items())
     return (f"Classical: {', '.join(groups['classical'])}. DIP: {', '.join(groups['dip'])}. "
             f"Aliases: {alias}. Default fbp.")
+
+
+def number_or_word(value: str | None):
+    """A flag value that is a number or a word (``--tv-weight 2e-3`` / ``--tv-weight auto``): the
+    float when it parses as one, else the string (the parameter's rule judges it, naming the flag)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def given(named: dict) -> dict:

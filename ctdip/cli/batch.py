@@ -24,6 +24,7 @@ from ctdip.cli._options import (
     TV_WEIGHT,
     WEIGHTS,
     given,
+    number_or_word,
     parse_set,
 )
 from ctdip.core.validate import check_output_path
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = LR,
         input_: Optional[str] = INPUT,
         network: Optional[str] = NETWORK,
-        tv_weight: Optional[float] = TV_WEIGHT,
+        tv_weight: Optional[str] = TV_WEIGHT,
         weights: Optional[Path] = WEIGHTS,
         setup: Optional[str] = SETUP,
         angles: Optional[int] = ANGLES,
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
             from ctdip.workflows.reconstruct import parse_time_limit
 
             options["time_limit"] = parse_time_limit(time_limit)
-        params = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
+        params = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": number_or_word(tv_weight),
                   "weights": None if weights is None else str(weights.resolve())}
         params = given(params)
         params.update(parse_set(set_))

@@ -29,6 +29,7 @@ from ctdip.cli._options import (
     WEIGHTS,
     given,
     method_help,
+    number_or_word,
     parse_set,
 )
 from ctdip.core.progress import ProgressBar
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = LR,
         input_: Optional[str] = INPUT,
         network: Optional[str] = NETWORK,
-        tv_weight: Optional[float] = TV_WEIGHT,
+        tv_weight: Optional[str] = TV_WEIGHT,
         weights: Optional[Path] = WEIGHTS,
         denoiser: Optional[str] = typer.Option(None, "--denoiser", metavar="NAME|FILE", help="Denoiser of admm/hqs/red: learned (shipped DRUNet), tv, bm3d or FILE."),
         force: Optional[bool] = typer.Option(None, "--force", help="Method param 'force' (e.g. accept mismatched weights)."),
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
         from ctdip.workflows.reconstruct import reconstruct
         from ctdip.workflows.resume import resume_settings, start_settings
 
-        named = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": tv_weight,
+        named = {"iterations": iterations, "lr": lr, "input": input_, "network": network, "tv_weight": number_or_word(tv_weight),
                  "weights": None if weights is None else str(weights), "denoiser": denoiser, "force": force,
                  "log_every": log_every, "checkpoint_every": checkpoint_every}
         params = given(named)

@@ -174,8 +174,11 @@ def resolve(method: str, defaults: dict, params: dict | None = None, *, aliases:
     for key, value in given.items():
         if value is None:
             continue
-        if getattr(METHOD_PARAMS.get(key), "auto", False) and isinstance(value, str) and value.strip().lower() == "auto":
+        rule = METHOD_PARAMS.get(key)
+        if getattr(rule, "auto", False) and isinstance(value, str) and value.strip().lower() == "auto":
             resolved[key] = value  # the method chooses the value (e.g. a cross-validated tv_weight)
+        elif rule is not None and isinstance(value, str):
+            resolved[key] = value  # its rule converts it below, with an error naming the option
         else:
             resolved[key] = coerce(method, given_as[key], value, base[key])
     preset_sources, _ = canonical(preset["sources"], aliases, method)
