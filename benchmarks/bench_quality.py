@@ -119,7 +119,7 @@ def one_run(scan, method: str, params: dict, workdir: Path, seed: int = 0) -> di
            "peak_iter": s.get("peak", {}).get("iter"), "iterations": s.get("iterations"),
            "wall_s": s.get("wall_time_s"), "curve": rows, "image": rec}
     for k in ("tv_weight", "tv_weight_choice", "output", "sigma", "sigma_choice", "family", "divergence_guard",
-              "ensemble"):
+              "ensemble", "discrepancy_stop"):
         if k in res:
             row[k] = res[k]
     return row
@@ -196,6 +196,10 @@ def write_markdown(results: dict, path: Path, tuning: bool) -> None:
                 ratio = g["final_residual"] / g["min_residual"]
                 notes.append(f"guard: final/min data residual {ratio:.2f}" +
                              (f" > {g['factor']:g}, returned it {g['min_iter']}" if g["used"] else ""))
+            ds = r.get("discrepancy_stop")
+            if ds:
+                notes.append(f"discrepancy stop at {ds['stopped_at']}" if ds["stopped_at"] is not None else
+                             f"data fit stayed above {ds['tau']:g} η²: ran every iteration")
             en = r.get("ensemble")
             if en:
                 notes.append(f"mean of {en['n']} seeds' runs (members " +

@@ -77,7 +77,7 @@ def test_same_seed_same_output_different_seed_differs(problem):
 
 
 def test_aseq_updates_z_only_between_blocks_and_never_by_gradient(problem):
-    m = get_method("aseq")(**{**FAST, "iterations": 9, "block_steps": 3, "lr": 0.01})
+    m = get_method("aseq")(**{**FAST, "iterations": 9, "block_steps": 3, "lr": 0.01, "discrepancy": 0})
     snaps = {}
 
     def progress(it, total, row):
@@ -93,6 +93,29 @@ def test_aseq_updates_z_only_between_blocks_and_never_by_gradient(problem):
     assert changed == [3, 6, 9]
     assert res.summary["blocks"] == 3
     assert torch.equal(res.recon, m.z[0, 0].unsqueeze(0) if m.z.ndim == 4 else res.recon)
+
+
+def test_aseq_discrepancy_stop_ends_at_the_first_step_below_tau_eta2(problem):
+    """``discrepancy`` tau: the run ends after the first step whose data fit is below tau x the least
+    held-out-view CV residual of PDHG-TV (computed from the data alone), and says so."""
+    from ctdip.methods.selection import cv_tv_weight, parse_grid
+
+    cv = {"cv_iterations": 20, "cv_grid": "1e-4:0.1:4"}
+    _, free = run("aseq", problem, iterations=30, log_every=1, discrepancy=0, **cv)  # the paper: every step
+    fits = [row["data_fit"] for row in free.history]
+    assert "discrepancy_stop" not in free.summary and "tv_weight_choice" not in free.summary
+    eta2 = min(cv_tv_weight(problem, parse_grid(cv["cv_grid"]), iterations=20).residuals)
+    target = 1 + int(np.argmax(np.asarray(fits) < fits[14] * 1.000001))  # the first step at or below step 15's fit
+    tau = fits[14] * 1.000001 / eta2
+    m, res = run("aseq", problem, iterations=30, log_every=1, discrepancy=tau, **cv)
+    d = res.summary["discrepancy_stop"]
+    assert d["noise_level2"] == pytest.approx(eta2) and d["threshold"] == pytest.approx(tau * eta2)
+    assert d["stopped_at"] == target == res.summary["iterations"] <= 15 and res.summary["stopped_early"]
+    assert d["data_fit"] == pytest.approx(fits[target - 1]) and d["data_fit"] < d["threshold"]
+    assert all(f >= d["threshold"] for f in fits[: target - 1])
+    assert "tv_weight_choice" not in res.summary  # the CV gave the noise level only (tv_weight 0)
+    _, never = run("aseq", problem, iterations=10, discrepancy=1e-6, **cv)
+    assert never.summary["iterations"] == 10 and never.summary["discrepancy_stop"]["stopped_at"] is None
 
 
 def test_aseq_z_not_in_optimizer(problem):
@@ -138,7 +161,7 @@ def test_presets_have_sources_for_every_param():
         get_method(name)()  # defaults are valid
     aseq = yaml.safe_load((PRESET_DIR / "aseq.yaml").read_text())["params"]
     # lambda and N from Alkhouri et al. 2024; 1000 blocks at lr 2e-3 (cosine) chosen for the light network
-    assert (aseq["lam"], aseq["block_steps"], aseq["iterations"] // aseq["block_steps"], aseq["lr"]) == (1.0, 2, 1000, 2e-3)
+    assert (aseq["lam"], aseq["block_steps"], aseq["iterations"] // aseq["block_steps"], aseq["lr"], aseq["discrepancy"]) == (0.1, 2, 2000, 2e-3, 0.5)
     assert get_method("aseq")().params["tv_weight"] == 0.0  # the paper's aSeqDIP
     # self-guided + the CV-weighted TV term for 2000 iterations, chosen on the tuning objects
     sg = get_method("self-guided")().params

@@ -173,6 +173,12 @@ def print_summary(rs: RunSummary) -> None:
         con.print(f"  choice: the data residual grew from {guard['min_residual']:.3g} (iteration {guard['min_iter']}) "
                   f"to {guard['final_residual']:.3g} (> {guard['factor']:g}x): returned the candidate of "
                   f"iteration {guard['min_iter']} (divergence guard)")
+    disc = result.get("discrepancy_stop")
+    if disc:
+        level = f"{disc['tau']:g} x {disc['noise_level2']:.3g} (squared noise level of the held-out-view CV)"
+        con.print(f"  choice: stopped at iteration {disc['stopped_at']}: data fit {disc['data_fit']:.3g} < {level}"
+                  if disc["stopped_at"] is not None else
+                  f"  choice: ran every iteration: the data fit stayed above {level} (discrepancy stop)")
     post = result.get("post_denoise")
     if post:
         con.print(f"  choice: returned image denoised once more at sigma {post['sigma']:.3g} "

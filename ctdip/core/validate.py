@@ -147,6 +147,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "guard_every": POSITIVE_INT,
     "post_denoise": NONNEG,
     "block_steps": POSITIVE_INT,
+    "discrepancy": NONNEG,
     "lam": Rule(minimum=0, auto=True),
     "mu": POSITIVE,
     "mu_growth": Rule(minimum=1),

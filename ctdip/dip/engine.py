@@ -10,6 +10,7 @@ A method supplies a :class:`DIPModel` (network, input, an ``objective`` for one 
                  (optimizer adam, adamw, sgd; or lbfgs: one L-BFGS iteration with a strong-Wolfe
                   line search, history 10, no clipping, for methods with few parameters)
         model.after_step(t, x_t)                      # e.g. an auxiliary/dual update, z <- f(z)
+        stop if model.stop_after(t)                   # a method's own stopping rule (aseq)
         callbacks: EMA, ES-WMV, best/min-loss picks, metrics row every n, checkpoint every M,
                    SIGTERM/SIGINT and the time budget; a one-line duration estimate after
                    the first steps when the run will take over a minute (ctdip.core.estimate)
@@ -114,6 +115,11 @@ class DIPModel:
 
     def after_step(self, it: int, image: torch.Tensor, gen: torch.Generator) -> None:
         """Called after the optimiser step with the detached iterate (no gradients)."""
+
+    def stop_after(self, it: int, out: dict) -> bool:
+        """The method's own stopping rule (e.g. ``aseq``'s discrepancy principle): True ends the
+        run after iteration ``it``; ``out`` has the step's ``loss``, ``data_fit`` and ``reg``."""
+        return False
 
     @torch.no_grad()
     def final_image(self, engine: "Engine") -> torch.Tensor:
@@ -427,6 +433,7 @@ class Engine:
         self.picks = Picks(self.reference)
         self.callbacks: list[Callback] = [self.ema, self.es, self.picks, *(extra_callbacks or [])]
         self.holdout: HoldoutStop | None = None
+        self.model_stopped_at: int | None = None  # the iteration at which the method's stop_after ended the run
         if problem.A_held is not None and problem.y_held is not None:
             self.holdout = HoldoutStop(config.log_every, config.es_patience, stop=bool(ctx.stop_early))
             self.callbacks.append(self.holdout)
@@ -639,6 +646,8 @@ class Engine:
                                     f"diverged at learning rate {cfg.lr:g}); use a smaller --lr")
                 for cb in self.callbacks:
                     stopped = cb.on_iteration(self, it, x, out) or stopped
+                if model.stop_after(it, out):
+                    stopped, self.model_stopped_at = True, it
                 if it % cfg.log_every == 0 or it == 1 or it == cfg.iterations or stopped:
                     full_fit = model.logged_data_fit(x)
                     if full_fit is not None:
@@ -681,7 +690,7 @@ class Engine:
         s: dict[str, Any] = {
             "iterations": self.iteration,
             "total_iterations": self.cfg.iterations,
-            "stopped_early": self.es.stopped_at is not None
+            "stopped_early": self.es.stopped_at is not None or self.model_stopped_at is not None
                              or (self.holdout is not None and self.holdout.stopped_at is not None),
             "es_iter": self.es.best_iter,
             "es_wmv": None if math.isinf(self.es.var_min) else self.es.var_min,

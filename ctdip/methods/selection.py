@@ -233,7 +233,7 @@ class AutoTVWeight(CrossValidated):
 
     def tv_weight_summary(self) -> dict:
         out = {"tv_weight": self.weight}
-        if self.choice is not None:
+        if self.choice is not None and "dip_tv_weight" in self.choice.extra:  # the CV chose the weight
             out["tv_weight_choice"] = self.choice.as_dict()
         return out
 
