@@ -41,7 +41,7 @@ def run(name, problem, seed=0, **kw):
 
 @pytest.mark.parametrize("name", ["vanilla", "tv", "tv-hqs", "admm", "hqs-denoiser", "red", "self-guided", "aseq"])
 def test_method_reduces_loss(problem, name):
-    kw = {"lr": 0.01} if name != "aseq" else {"lr": 0.01, "iterations": 40}
+    kw = {"lr": 0.01} if name != "aseq" else {"lr": 0.01, "iterations": 40, "discrepancy": 0}
     if name == "hqs-denoiser":
         kw.update(cv_iterations=20, cv_grid="1e-4:0.1:4")
     m, res = run(name, problem, **kw)
@@ -119,7 +119,7 @@ def test_aseq_discrepancy_stop_ends_at_the_first_step_below_tau_eta2(problem):
 
 
 def test_aseq_z_not_in_optimizer(problem):
-    m = get_method("aseq")(**{**FAST, "iterations": 2})
+    m = get_method("aseq")(**{**FAST, "iterations": 2, "discrepancy": 0})
     m.run(problem, RunContext(seed=0))
     assert all(p is not m.z for g in m.param_groups(1e-3) for p in g["params"])
 
@@ -163,6 +163,7 @@ def test_presets_have_sources_for_every_param():
     # lambda and N from Alkhouri et al. 2024; 1000 blocks at lr 2e-3 (cosine) chosen for the light network
     assert (aseq["lam"], aseq["block_steps"], aseq["iterations"] // aseq["block_steps"], aseq["lr"], aseq["discrepancy"]) == (0.1, 2, 2000, 2e-3, 0.5)
     assert get_method("aseq")().params["tv_weight"] == 0.0  # the paper's aSeqDIP
+    assert get_method("aseq")().params["tv_factor"] == 0.25  # with --tv-weight auto, as tv
     # self-guided + the CV-weighted TV term for 2000 iterations, chosen on the tuning objects
     sg = get_method("self-guided")().params
     assert (sg["tv_weight"], sg["tv_factor"], sg["iterations"]) == ("auto", 0.25, 2000)
