@@ -53,7 +53,8 @@ def measure(scan, overrides: dict) -> dict:
     import torch
 
     from ctdip.core.problem import Problem
-    from ctdip.methods.selection import cv_tv_weight, parse_grid
+    from ctdip.methods import get_method
+    from ctdip.methods.selection import cv_from_params, noise_level2
     from ctdip.workflows.reconstruct import reconstruct
 
     t0 = time.perf_counter()
@@ -64,7 +65,7 @@ def measure(scan, overrides: dict) -> dict:
         with open(out / "metrics.csv") as f:
             rows = [[int(float(r["iter"])), float(r["data_fit"]), float(r["psnr"])] for r in csv.DictReader(f)]
     problem = Problem.from_scan(scan, backend="auto", device=torch.device("cpu"))
-    eta2 = min(cv_tv_weight(problem, parse_grid("1e-4:0.1:2")).residuals)  # the aseq preset's CV settings
+    eta2 = noise_level2(cv_from_params(problem, get_method("aseq")().params, "aseq"))  # the stop's own CV
     return {"rows": rows, "eta2": eta2, "wall_s": round(time.perf_counter() - t0, 1)}
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from ctdip.methods._dip import DIPMethod
-from ctdip.methods.selection import CV_PARAMS, AutoTVWeight
+from ctdip.methods.selection import CV_PARAMS, AutoTVWeight, noise_level2
 
 
 class ASeq(AutoTVWeight, DIPMethod):
@@ -51,9 +51,9 @@ class ASeq(AutoTVWeight, DIPMethod):
         self.z_updates: list[int] = []
         self.resolve_tv_weight(problem)
         self.tau = float(self.params["discrepancy"])
-        self.threshold = self.tau * min(self.cross_validate(problem).residuals) if self.tau > 0 else None
-        self.stopped_at: int | None = None
-        self.stop_fit: float | None = None
+        self.eta2 = noise_level2(self.cross_validate(problem)) if self.tau > 0 else None
+        self.threshold = None if self.eta2 is None else self.tau * self.eta2
+        self.stop_fit: float | None = None  # the data fit of the step that ended the run
 
     def param_groups(self, lr):
         return [{"params": [p for p in self.network.parameters() if p.requires_grad], "lr": lr}]
@@ -72,8 +72,8 @@ class ASeq(AutoTVWeight, DIPMethod):
         """The discrepancy stop (module docstring): the step's data fit below ``tau eta^2``."""
         if self.threshold is None or out["data_fit"] >= self.threshold:
             return False
-        self.stopped_at, self.stop_fit = it, float(out["data_fit"])
-        return True
+        self.stop_fit = float(out["data_fit"])
+        return True  # the engine records the iteration (model_stopped_at)
 
     @torch.no_grad()
     def final_image(self, engine):
@@ -90,10 +90,9 @@ class ASeq(AutoTVWeight, DIPMethod):
     def extra_summary(self):
         out = {"blocks": len(self.z_updates), "block_steps": int(self.params["block_steps"]), **self.tv_weight_summary()}
         if self.threshold is not None:
-            eta2 = min(self.choice.residuals)
             out["discrepancy_stop"] = {
                 "rule": "end the run after the first step whose data fit ||A f(z) - y||^2/||y||^2 is below "
                         "tau x eta^2 (eta^2: least held-out-view CV residual of PDHG-TV)",
-                "tau": self.tau, "noise_level2": eta2, "threshold": self.threshold,
-                "stopped_at": self.stopped_at, "data_fit": self.stop_fit, "cv": self.choice.as_dict()}
+                "tau": self.tau, "noise_level2": self.eta2, "threshold": self.threshold,
+                "stopped_at": self.engine.model_stopped_at, "data_fit": self.stop_fit, "cv": self.choice.as_dict()}
         return out

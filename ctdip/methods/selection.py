@@ -156,9 +156,14 @@ def cv_from_params(problem, params: dict, method: str, ctx=None) -> WeightChoice
                         iterations=int(params["cv_iterations"]), ctx=ctx)
 
 
+def noise_level2(choice: WeightChoice) -> float:
+    """``eta^2 = min_lambda CV(lambda)``, the squared reference-free noise level (module docstring)."""
+    return max(min(choice.residuals), 0.0)
+
+
 def denoiser_sigma(choice: WeightChoice, factor: float) -> float:
     """``sigma = factor * sqrt(min CV residual)`` (module docstring); records the evidence in ``choice``."""
-    eta = math.sqrt(max(min(choice.residuals), 0.0))
+    eta = math.sqrt(noise_level2(choice))
     sigma = float(factor) * eta
     choice.extra.update(noise_level=eta, sigma_factor=float(factor), sigma=sigma)
     return sigma
