@@ -96,8 +96,9 @@ def make_problem(n: int, dim: int, backend: str, device: torch.device, views: in
     else:
         g = ProjectionGeometry.circular("cone", ang, det_rows=int(1.5 * n), **kw)
         vol = VolumeGeometry.fov(g, n)
-        c = (np.arange(n) - (n - 1) / 2) / (n / 2)
-        r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+        # the cone FOV may hold one slice more than n (e.g. 129 x 128 x 128): grid on vol.shape
+        cz, cy, cx = ((np.arange(k) - (k - 1) / 2) / (n / 2) for k in vol.shape)
+        r2 = cz[:, None, None] ** 2 + cy[None, :, None] ** 2 + cx[None, None, :] ** 2
         ref = (0.02 * (r2 < 0.6) + 0.01 * (r2 < 0.2)).astype(np.float32)
     y = RayTransform(g, vol, backend=backend, device=device)(torch.as_tensor(ref, device=device)).cpu().numpy()
     return Problem.from_scan(Scan(projections=y, geometry=g, volume=vol, reference=ref), backend=backend,

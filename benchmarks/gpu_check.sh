@@ -46,7 +46,7 @@ stamp() { echo "[$((SECONDS - T0)) s] $*"; }
 if [ "$QUICK" = 1 ]; then
   ITERS=10; SIZES="32"; SIZES3D="16"; REPEATS=1; T_TEST=300; T_CMP=300; T_STEP=300
 else
-  ITERS=300; SIZES="128 256 501"; SIZES3D="64 128"; REPEATS=3; T_TEST=150; T_CMP=60; T_STEP=240
+  ITERS=300; SIZES="128 256 501"; SIZES3D="64 128"; REPEATS=3; T_TEST=150; T_CMP=120; T_STEP=240
 fi
 
 stamp "ctdip GPU check: device $DEVICE, quick=$QUICK, out $OUT_DIR"
@@ -58,6 +58,11 @@ if [ "${CTDIP_GPU_CHECK_HIDE_ASTRA:-0}" = 1 ]; then  # behave as on a machine wi
   mkdir -p "$WORK/shim" && printf 'import sys\nsys.modules["astra"] = None\n' >"$WORK/shim/sitecustomize.py"
   export PYTHONPATH="$WORK/shim${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# for step b's extra device runs with TF32 off (torch's default lets cuDNN convolutions use TF32)
+mkdir -p "$WORK/notf32"
+{ [ "${CTDIP_GPU_CHECK_HIDE_ASTRA:-0}" = 1 ] && printf 'import sys\nsys.modules["astra"] = None\n'
+  printf 'import torch\ntorch.backends.cudnn.allow_tf32 = False\ntorch.backends.cuda.matmul.allow_tf32 = False\n'
+} >"$WORK/notf32/sitecustomize.py"
 # a writable copy of the shipped cache (the check's runs may add norms to it)
 cp -r "$PAYLOAD/cache" "$WORK/cache"
 export CTDIP_CACHE_DIR="$WORK/cache"
@@ -106,7 +111,7 @@ stamp "a. ${STATUS[a]}"
 # ---------------------------------------------------------------- b. device vs CPU runs
 stamp "b. vanilla and tv, $ITERS iterations, $DEVICE vs cpu"
 rc_b=0
-for m in vanilla tv; do
+for m in vanilla tv; do  # keep in step with CHECKED_METHODS in gpu_payload.py
   for b in matrix torch; do
     for dev in cpu "$DEVICE"; do
       run="$WORK/runs/$m-$b-$dev"
@@ -114,14 +119,19 @@ for m in vanilla tv; do
       timeout "$T_CMP" "${CLI[@]}" reconstruct "$PAYLOAD/scan64" -m "$m" -n "$ITERS" --seed 0 --backend "$b" \
         --device "$dev" -o "$run" -q || { echo "run $m $b $dev failed"; rc_b=1; }
     done
+    if [ "$DEVICE" != cpu ]; then  # informative: the same device run with TF32 off
+      PYTHONPATH="$WORK/notf32${PYTHONPATH:+:$PYTHONPATH}" timeout "$T_CMP" "${CLI[@]}" reconstruct "$PAYLOAD/scan64" \
+        -m "$m" -n "$ITERS" --seed 0 --backend "$b" --device "$DEVICE" -o "$WORK/runs/$m-$b-notf32" -q \
+        || echo "run $m $b $DEVICE without TF32 failed (informative only)"
+    fi
   done
 done
 "$PY" - "$WORK/runs" "$DEVICE" "$OUT_DIR/compare.md" "$ITERS" <<'EOF' || rc_b=1
 import json, sys
 from pathlib import Path
 runs, dev, out, iters = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
-lines = [f"| method | backend | PSNR cpu | PSNR {dev} | Δ dB | wall s cpu | wall s {dev} | within 0.1 dB |",
-         "|---|---|---|---|---|---|---|---|"]
+lines = [f"| method | backend | PSNR cpu | PSNR {dev} | Δ dB | wall s cpu | wall s {dev} | within 0.1 dB "
+         f"| PSNR {dev} TF32 off | Δ dB TF32 off |", "|---|---|---|---|---|---|---|---|---|---|"]
 ok = True
 for m in ("vanilla", "tv"):
     for b in ("matrix", "torch"):
@@ -133,8 +143,13 @@ for m in ("vanilla", "tv"):
         d_db = p[dev] - p["cpu"]
         good = abs(d_db) <= 0.1
         ok &= good
+        try:
+            p32 = json.loads((runs / f"{m}-{b}-notf32" / "summary.json").read_text())["returned"]["psnr"]
+            extra = f"{p32:.3f} | {p32 - p['cpu']:+.3f}"
+        except (OSError, ValueError):
+            extra = "– | –"
         lines.append(f"| {m} | {b} | {p['cpu']:.3f} | {p[dev]:.3f} | {d_db:+.3f} | {s['cpu']['wall_time_s']:.1f} | "
-                     f"{s[dev]['wall_time_s']:.1f} | {'PASS' if good else 'FAIL'} |")
+                     f"{s[dev]['wall_time_s']:.1f} | {'PASS' if good else 'FAIL'} | {extra} |")
 text = (f"64² fan-beam walnut (30 views, 5 % noise), `ctdip reconstruct -m M -n {iters} --seed 0 --backend B "
         f"--device D`, returned PSNR (recon.tif vs reference.tif):\n\n" + "\n".join(lines) + "\n")
 out.write_text(text)

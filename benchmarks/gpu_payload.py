@@ -32,6 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PURE_PYTHON = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py")
+CHECKED_METHODS = ("fbp", "vanilla", "tv")  # the methods gpu_check.sh step b runs (keep in step)
 MAX_MB = 40  # the working tree and the payload travel together, at most 64 MiB in all
 
 
@@ -114,9 +115,13 @@ def main(argv=None) -> int:
     print("simulating scan64 ...", flush=True)
     run([*cli, "simulate", str(out / "scan64"), "--size", "64", "--angles", "30", "--noise", "0.05",
          "--seed", "0", "-q"], env)
-    with tempfile.TemporaryDirectory() as d:  # the reconstruction's matrix and norms
-        run([*cli, "reconstruct", str(out / "scan64"), "-m", "fbp", "--backend", "matrix", "-o",
-             str(Path(d) / "fbp"), "-q"], env)
+    # the matrices and norms of the check's runs: each method's own views (vanilla's held-out
+    # stop splits the views into a fitted and a held-out set, each with its own matrix)
+    with tempfile.TemporaryDirectory() as d:
+        for method in CHECKED_METHODS:
+            iters = [] if method == "fbp" else ["-n", "2"]
+            run([*cli, "reconstruct", str(out / "scan64"), "-m", method, *iters, "--backend", "matrix",
+                 "-o", str(Path(d) / method), "-q"], env)
     compress_matrices(cache)
     copy_pure_python(out / "pylib")
     text = manifest(out, argv if argv is not None else sys.argv[1:])

@@ -56,3 +56,23 @@ def test_every_command_help_is_free_of_type_tags(capsys):
         assert main([cmd, "--help"]) == 0
         text = capsys.readouterr().out
         assert not re.search(r"<(bool|str|int|float)>", text), cmd
+
+
+def test_option_kinds_without_bare_type_as_in_older_typer():
+    """Older typer (0.12-0.15, with click) has no ``bare_type()``; the metavar code then reads
+    click's type name (the H200 GPU check stopped every CLI call on this before the fix)."""
+    from types import SimpleNamespace
+
+    from ctdip.cli.main import _METAVARS, _option_kind
+
+    kinds = {name: _option_kind(SimpleNamespace(type=SimpleNamespace(name=name)))
+             for name in ("integer", "float", "text", "path", "choice")}
+    assert kinds == {"integer": "int", "float": "float", "text": "str", "path": "path", "choice": ""}
+    assert [_METAVARS.get(k, "VALUE") for k in kinds.values()] == ["N", "X", "TEXT", "PATH", "VALUE"]
+    assert _option_kind(SimpleNamespace()) == ""  # neither API: no crash, the generic metavar
+
+    class New:  # newer typer: the annotation's name, list options by their item type
+        def bare_type(self):
+            return "List[Path]"
+
+    assert _option_kind(New()) == "path"

@@ -52,6 +52,19 @@ _register_all()
 _METAVARS = {"int": "N", "float": "X", "str": "TEXT", "path": "PATH"}
 
 
+#: click's type names as the Python type names that ``_METAVARS`` uses
+_CLICK_KINDS = {"integer": "int", "text": "str", "float": "float", "path": "path", "boolean": "bool"}
+
+
+def _option_kind(p) -> str:
+    """The Python type name of option ``p`` ('int', 'str', 'path', ...; a list option's item type).
+    Newer typer (0.2x) tells it by ``bare_type()``; older typer and plain click by the click type."""
+    if hasattr(p, "bare_type"):
+        kind = p.bare_type().lower()  # 'int', 'str', 'path', 'list[str]', ...
+        return kind[5:-1] if kind.startswith("list[") and kind.endswith("]") else kind
+    return _CLICK_KINDS.get(getattr(getattr(p, "type", None), "name", "").lower(), "")
+
+
 def _natural_metavars(cmd) -> None:
     """Give every option of ``cmd`` (and its subcommands) a metavar that reads naturally in
     ``--help``: none for flags (``--quiet``, ``--help``), else the declared one or ``N``/``X``/
@@ -66,10 +79,7 @@ def _natural_metavars(cmd) -> None:
         if getattr(p, "is_flag", False):
             p.metavar = ""
             continue
-        kind = p.bare_type().lower()  # 'int', 'str', 'path', 'list[str]', ...
-        if kind.startswith("list[") and kind.endswith("]"):
-            kind = kind[5:-1]
-        p.metavar = _METAVARS.get(kind, "VALUE")
+        p.metavar = _METAVARS.get(_option_kind(p), "VALUE")
     for sub in getattr(cmd, "commands", {}).values():
         _natural_metavars(sub)
 
