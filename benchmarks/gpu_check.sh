@@ -77,8 +77,15 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| cuda
       "| cuda available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device 0:", torch.cuda.get_device_name(0))
-for m in ("astra", "pytest", "typer", "rich", "scipy", "tifffile", "yaml", "matplotlib", "setuptools"):
-    print(f"  {m}: {'yes' if importlib.util.find_spec(m) else 'NO'}")
+import importlib.metadata as md
+for m, dist in (("astra", "astra-toolbox"), ("pytest", "pytest"), ("typer", "typer"), ("click", "click"),
+                ("rich", "rich"), ("scipy", "scipy"), ("tifffile", "tifffile"), ("yaml", "pyyaml"),
+                ("matplotlib", "matplotlib"), ("setuptools", "setuptools")):
+    try:
+        v = md.version(dist)
+    except md.PackageNotFoundError:
+        v = "?"
+    print(f"  {m}: {v if importlib.util.find_spec(m) else 'NO'}")
 EOF
   echo "payload:"; sed -n '1,2p' "$PAYLOAD/MANIFEST.txt"; tail -1 "$PAYLOAD/MANIFEST.txt"
 } | tee "$OUT_DIR/env.txt"
