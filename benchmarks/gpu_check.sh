@@ -54,15 +54,20 @@ if [ ! -f "$PAYLOAD/MANIFEST.txt" ]; then
   echo "error: $PAYLOAD/MANIFEST.txt missing: build the payload first (python benchmarks/gpu_payload.py)" >&2
   exit 2
 fi
-if [ "${CTDIP_GPU_CHECK_HIDE_ASTRA:-0}" = 1 ]; then  # behave as on a machine without astra-toolbox
-  mkdir -p "$WORK/shim" && printf 'import sys\nsys.modules["astra"] = None\n' >"$WORK/shim/sitecustomize.py"
-  export PYTHONPATH="$WORK/shim${PYTHONPATH:+:$PYTHONPATH}"
-fi
-# for step b's extra device runs with TF32 off (torch's default lets cuDNN convolutions use TF32)
-mkdir -p "$WORK/notf32"
-{ [ "${CTDIP_GPU_CHECK_HIDE_ASTRA:-0}" = 1 ] && printf 'import sys\nsys.modules["astra"] = None\n'
-  printf 'import torch\ntorch.backends.cudnn.allow_tf32 = False\ntorch.backends.cuda.matmul.allow_tf32 = False\n'
-} >"$WORK/notf32/sitecustomize.py"
+# one start-up shim for every Python the check runs: CTDIP_GPU_CHECK_HIDE_ASTRA=1 makes `import astra`
+# fail (as on a machine without astra-toolbox); CTDIP_GPU_CHECK_NO_TF32=1 (step b's extra device runs)
+# turns TF32 off (torch's default lets cuDNN convolutions use it)
+mkdir -p "$WORK/shim" && cat >"$WORK/shim/sitecustomize.py" <<'EOF'
+import os
+import sys
+if os.environ.get("CTDIP_GPU_CHECK_HIDE_ASTRA") == "1":
+    sys.modules["astra"] = None
+if os.environ.get("CTDIP_GPU_CHECK_NO_TF32") == "1":
+    import torch
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+EOF
+export PYTHONPATH="$WORK/shim${PYTHONPATH:+:$PYTHONPATH}"
 # a writable copy of the shipped cache (the check's runs may add norms to it)
 cp -r "$PAYLOAD/cache" "$WORK/cache"
 export CTDIP_CACHE_DIR="$WORK/cache"
@@ -118,7 +123,8 @@ stamp "a. ${STATUS[a]}"
 # ---------------------------------------------------------------- b. device vs CPU runs
 stamp "b. vanilla and tv, $ITERS iterations, $DEVICE vs cpu"
 rc_b=0
-for m in vanilla tv; do  # keep in step with CHECKED_METHODS in gpu_payload.py
+METHODS="vanilla tv"  # each needs its matrices in the payload: CHECKED_METHODS in gpu_payload.py
+for m in $METHODS; do
   for b in matrix torch; do
     for dev in cpu "$DEVICE"; do
       run="$WORK/runs/$m-$b-$dev"
@@ -127,23 +133,27 @@ for m in vanilla tv; do  # keep in step with CHECKED_METHODS in gpu_payload.py
         --device "$dev" -o "$run" -q || { echo "run $m $b $dev failed"; rc_b=1; }
     done
     if [ "$DEVICE" != cpu ]; then  # informative: the same device run with TF32 off
-      PYTHONPATH="$WORK/notf32${PYTHONPATH:+:$PYTHONPATH}" timeout "$T_CMP" "${CLI[@]}" reconstruct "$PAYLOAD/scan64" \
+      CTDIP_GPU_CHECK_NO_TF32=1 timeout "$T_CMP" "${CLI[@]}" reconstruct "$PAYLOAD/scan64" \
         -m "$m" -n "$ITERS" --seed 0 --backend "$b" --device "$DEVICE" -o "$WORK/runs/$m-$b-notf32" -q \
         || echo "run $m $b $DEVICE without TF32 failed (informative only)"
     fi
   done
 done
-"$PY" - "$WORK/runs" "$DEVICE" "$OUT_DIR/compare.md" "$ITERS" <<'EOF' || rc_b=1
+"$PY" - "$WORK/runs" "$DEVICE" "$OUT_DIR/compare.md" "$ITERS" "$METHODS" <<'EOF' || rc_b=1
 import json, sys
 from pathlib import Path
-runs, dev, out, iters = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+runs, dev, out, iters, methods = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5].split()
+
+def summary(name):
+    return json.loads((runs / name / "summary.json").read_text())
+
 lines = [f"| method | backend | PSNR cpu | PSNR {dev} | Δ dB | wall s cpu | wall s {dev} | within 0.1 dB "
          f"| PSNR {dev} TF32 off | Δ dB TF32 off |", "|---|---|---|---|---|---|---|---|---|---|"]
 ok = True
-for m in ("vanilla", "tv"):
+for m in methods:
     for b in ("matrix", "torch"):
         try:
-            s = {d: json.loads((runs / f"{m}-{b}-{d}" / "summary.json").read_text()) for d in ("cpu", dev)}
+            s = {d: summary(f"{m}-{b}-{d}") for d in ("cpu", dev)}
         except (OSError, ValueError) as e:
             lines.append(f"| {m} | {b} | run missing: {e} | | | | | FAIL |"); ok = False; continue
         p = {d: s[d]["returned"]["psnr"] for d in s}
@@ -151,7 +161,7 @@ for m in ("vanilla", "tv"):
         good = abs(d_db) <= 0.1
         ok &= good
         try:
-            p32 = json.loads((runs / f"{m}-{b}-notf32" / "summary.json").read_text())["returned"]["psnr"]
+            p32 = summary(f"{m}-{b}-notf32")["returned"]["psnr"]
             extra = f"{p32:.3f} | {p32 - p['cpu']:+.3f}"
         except (OSError, ValueError):
             extra = "– | –"

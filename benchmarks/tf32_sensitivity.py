@@ -37,24 +37,23 @@ def tf32_round(t: torch.Tensor) -> torch.Tensor:
 _ORIG = {k: getattr(F, k) for k in ("conv2d", "conv_transpose2d")}
 
 
+def _on_tf32_operands(conv):
+    """``conv`` with its input and weight rounded to TF32."""
+    def rounded(x, w, *args, **kwargs):
+        return conv(tf32_round(x), tf32_round(w), *args, **kwargs)
+    return rounded
+
+
 def emulate_tf32(on: bool) -> None:
-    for name, f in _ORIG.items():
-        setattr(F, name, (lambda f: lambda x, w, *a, **k: f(tf32_round(x), tf32_round(w), *a, **k))(f) if on else f)
+    for name, conv in _ORIG.items():
+        setattr(F, name, _on_tf32_operands(conv) if on else conv)
 
 
 def run(method: str, backend: str, lr: float, iters: int) -> float:
+    """The returned PSNR of the device test's DIP run (its scan and settings) on CPU at ``lr``, ``iters``."""
     import test_device as td
 
-    from ctdip.core.metrics import psnr
-    from ctdip.core.problem import Problem
-    from ctdip.methods import get_method
-    from ctdip.methods.base import RunContext
-
-    kw = {"network": "tiny", "iterations": iters, "lr": lr, "log_every": 10, "checkpoint_every": 0, "es_window": 10}
-    prob = Problem.from_scan(td.make_scan(), backend=backend, device="cpu")
-    res = get_method(method)(**kw).run(prob, RunContext(seed=0, quiet=True))
-    ref = prob.reference.detach().cpu().numpy()
-    return psnr(res.recon.detach().cpu().numpy().reshape(ref.shape), ref)
+    return td.run_dip(td.make_scan(), method, backend, "cpu", lr=lr, iterations=iters)[1]
 
 
 def main(argv=None) -> int:

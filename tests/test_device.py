@@ -112,26 +112,34 @@ def test_problem_fbp_on_device_matches_cpu(backend):
     assert abs(p.intensity_scale - p_cpu.intensity_scale) < 1e-6 * abs(p_cpu.intensity_scale)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("method", ["vanilla", "tv"])
-def test_dip_run_on_device_close_to_cpu(backend, method):
-    """30 iterations of a tiny-U-Net DIP on the device: finite, better than its start, and within
-    0.5 dB of the same seeded run on CPU (the device's random streams differ from CPU's)."""
+#: the short seeded DIP run of the device comparison (also run by benchmarks/tf32_sensitivity.py)
+DIP_KW = {"network": "tiny", "iterations": 30, "lr": 0.01, "log_every": 10, "checkpoint_every": 0,
+          "es_window": 10}
+
+
+def run_dip(scan, method: str, backend: str, device: str, **overrides):
+    """One seeded (seed 0) DIP run of ``scan`` on ``device``: ``(result, returned PSNR in dB)``."""
     from ctdip.core.metrics import psnr
     from ctdip.core.problem import Problem
     from ctdip.methods import get_method
     from ctdip.methods.base import RunContext
 
+    prob = Problem.from_scan(scan, backend=backend, device=device)
+    res = get_method(method)(**{**DIP_KW, **overrides}).run(prob, RunContext(seed=0, quiet=True))
+    ref = prob.reference.detach().cpu().numpy()
+    return res, psnr(res.recon.detach().cpu().numpy().reshape(ref.shape), ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["vanilla", "tv"])
+def test_dip_run_on_device_close_to_cpu(backend, method):
+    """30 iterations of a tiny-U-Net DIP on the device: finite, better than its start, and within
+    0.5 dB of the same seeded run on CPU (the device's random streams differ from CPU's)."""
     scan = make_scan()
-    kw = {"network": "tiny", "iterations": 30, "lr": 0.01, "log_every": 10, "checkpoint_every": 0,
-          "es_window": 10}
     out = {}
     for dev in ("cpu", DEVICE):
-        prob = Problem.from_scan(scan, backend=backend, device=dev)
-        res = get_method(method)(**kw).run(prob, RunContext(seed=0, quiet=True))
+        res, out[dev] = run_dip(scan, method, backend, dev)
         assert res.recon.device.type == torch.device(dev).type and torch.isfinite(res.recon).all()
         h = res.history
         assert h[-1]["loss"] < h[0]["loss"]
-        ref = prob.reference.detach().cpu().numpy()
-        out[dev] = psnr(res.recon.detach().cpu().numpy().reshape(ref.shape), ref)
     assert abs(out[DEVICE] - out["cpu"]) < (1e-9 if ON_CPU else 0.5), out
