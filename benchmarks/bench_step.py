@@ -13,8 +13,11 @@ variant alike (each number is the median of ``--repeats`` repetitions of ``--ste
 * ``engine``: ``ctdip.methods.get_method("vanilla")`` run for the same steps (ES-WMV, EMA,
   picks, metrics rows), per iteration; its overhead is relative to the bare step.
 
-Network variants (``--variants``): ``default`` (the shipped code path), ``channels_last`` (the
-U-Net's opt-in ``channels_last: true``), ``compile`` (``torch.compile`` of the default network;
+Network variants (``--variants``): ``default`` (the shipped code path: the engine's fused Adam),
+``before`` (the default network with the per-tensor loop Adam the engine used before it took the
+fused one; the speed-up table is relative to it when it is run), ``channels_last`` (the
+U-Net's opt-in ``channels_last: true``), ``bf16`` (the U-Net's opt-in ``precision: bfloat16``),
+``fast`` (both), ``compile`` (``torch.compile`` of the default network;
 off unless asked, its first call compiles for a minute or more), ``threads1`` (the default
 network on one thread instead of ``--threads``) and ``passive`` (the default network in a child
 process with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep at barriers instead of spinning,
@@ -105,11 +108,25 @@ def make_problem(n: int, dim: int, backend: str, device: torch.device, views: in
                              device=device)
 
 
+VARIANT_ARCH = {"channels_last": {"channels_last": True}, "bf16": {"precision": "bfloat16"},
+                "fast": {"channels_last": True, "precision": "bfloat16"}}
+
+
+def make_optimizer(variant: str, net):
+    """The engine's Adam (:func:`ctdip.dip.engine.make_adam`: fused where torch has it) for every
+    variant but ``before``, which keeps the per-tensor loop Adam the engine used before."""
+    from ctdip.dip.engine import make_adam
+
+    if variant == "before":
+        return torch.optim.Adam(net.parameters(), lr=1e-3, foreach=False)
+    return make_adam(net.parameters(), lr=1e-3)
+
+
 def build(preset: str, dim: int, variant: str, device: torch.device):
     from ctdip.networks import build_network, network_preset
 
     torch.manual_seed(0)
-    arch = network_preset(preset, dim, **({"channels_last": True} if variant == "channels_last" else {}))
+    arch = network_preset(preset, dim, **VARIANT_ARCH.get(variant, {}))
     net = build_network(arch).to(device)
     return torch.compile(net) if variant == "compile" else net
 
@@ -134,7 +151,7 @@ class Case:
         self.nets = {v: build(preset, dim, v, device) for v in variants if v != "threads1"}
         if "threads1" in variants:
             self.nets["threads1"] = self.nets.get("default") or build(preset, dim, "default", device)
-        self.opts = {v: torch.optim.Adam(net.parameters(), lr=1e-3) for v, net in self.nets.items()}
+        self.opts = {v: make_optimizer(v, net) for v, net in self.nets.items()}
         self.yn = float((self.problem.y * self.problem.y).sum())
         x = self.problem.x_init.detach().reshape(1, 1, *self.problem.image_shape)
         self.x, self.r = x, self.problem.forward(x).detach()
@@ -207,13 +224,16 @@ def bench_case(case: Case, steps: int | None, repeats: int, threads: int, engine
     units: dict[str, tuple] = {}  # name -> (one call, torch threads)
     for v in case.nets:
         nv, nt = ("default", 1) if v == "threads1" else (v, threads)
-        units[f"net f+b [{v}]"] = (lambda nv=nv: case.net_fb(nv), nt)
+        if v != "before":  # the default network: its forward/backward is the default's
+            units[f"net f+b [{v}]"] = (lambda nv=nv: case.net_fb(nv), nt)
         units[f"step [{v}]"] = (lambda nv=nv: case.step(nv), nt)
     if not steps_only:
         units["step+TV [default]"] = (lambda: case.step("default", 1e-3), threads)
         units["operator"] = (case.operator, threads)
         units["TV"] = (case.tv, threads)
         units["Adam"] = (case.adam, threads)
+        if "before" in case.opts:
+            units["Adam [before]"] = (lambda: case.adam("before"), threads)
     n_calls = {}
     for k, (fn, nt) in units.items():  # warm-up (allocator, oneDNN/cuDNN kernel choice, compilation)
         with_threads(nt, lambda: timed(fn, d, 1))
@@ -260,7 +280,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", nargs="*", default=["light", "paper"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[128, 256])
     ap.add_argument("--sizes3d", nargs="*", type=int, default=[], help="3D grids for the 3d U-Net (e.g. 64 128)")
-    ap.add_argument("--variants", nargs="*", default=["default", "channels_last", "threads1", "passive"])
+    ap.add_argument("--variants", nargs="*",
+                    default=["before", "default", "channels_last", "bf16", "fast", "threads1", "passive"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None, help="calls per timing (default: by cost)")
     ap.add_argument("--repeats", type=int, default=5)
@@ -342,16 +363,18 @@ def write_markdown(rows, args, peak, load0, load1, total_s, done: bool = True) -
         eng = r.get("engine (vanilla)")
         step = r.get("step [default]")
         over = f"{(eng - step) / step * 100:+.1f} %" if eng and step else "–"
+        adam = fmt_ms(r["Adam"]) + (f" ({fmt_ms(r['Adam [before]'])} before)" if "Adam [before]" in r else "")
         lines.append(
             f"| {r['preset']} | {grid} | {r['flops'] / 1e9:.2f} | "
             + " | ".join(fmt_ms(r[f'net f+b [{v}]']) if f'net f+b [{v}]' in r else "–" for v in variants)
-            + f" | {gfs:.1f} | {gfs / peak * 100:.0f} % | {fmt_ms(r['operator'])} | {fmt_ms(r['TV'])} | {fmt_ms(r['Adam'])} | "
+            + f" | {gfs:.1f} | {gfs / peak * 100:.0f} % | {fmt_ms(r['operator'])} | {fmt_ms(r['TV'])} | {adam} | "
             + " | ".join(fmt_ms(r[f'step [{v}]']) if f'step [{v}]' in r else "–" for v in variants)
             + f" | {fmt_ms(r['step+TV [default]'])} | {fmt_ms(eng) if eng else '–'} | {over} |")
-    lines += ["", "Speed-up of each variant's step over the default step (same run, same load):", "",
+    ref = "before" if "before" in variants else "default"
+    lines += ["", f"Speed-up of each variant's step over the {ref} step (same run, same load):", "",
               "| net | grid | " + " | ".join(variants) + " |", "|" + "---|" * (2 + len(variants))]
     for r in rows:
-        base = r.get("step [default]")
+        base = r.get(f"step [{ref}]")
         lines.append(f"| {r['preset']} | {r['n']}{'³' if r['dim'] == 3 else '²'} | " + " | ".join(
             f"{base / r[f'step [{v}]']:.2f}×" if base and f"step [{v}]" in r else "–" for v in variants) + " |")
     lines += ["", "Calls per timing and repetitions: " + ", ".join(

@@ -1,5 +1,6 @@
 """Engine callbacks (ES-WMV, EMA, picks), metrics rows, the CLI path and the engine's overhead hooks."""
 
+import copy
 import math
 
 import pytest
@@ -118,3 +119,40 @@ def test_cli_writes_es_ema_best_and_stop_early(tmp_path):
     assert rows[-1]["iter"] < 40  # ES-WMV ended the run
     rc = main(["reconstruct", str(scan), "--method", "vanilla", "--set", "bogus=1", "-o", str(tmp_path / "b"), "--quiet"])
     assert rc == 2
+
+
+def test_make_adam_is_fused_where_torch_has_it_and_equals_the_loop_adam():
+    """The engine's Adam: the fused kernel on CPU (torch >= 2.4), the same update as the
+    per-tensor loop to float rounding over 20 steps; a torch without it gets the loop."""
+    from ctdip.dip.engine import make_adam
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 1, 1))
+    b = copy.deepcopy(a)
+    oa = make_adam(a.parameters(), lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0)
+    ob = torch.optim.Adam(b.parameters(), lr=1e-2, foreach=False)
+    assert oa.defaults["fused"] is True
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    for _ in range(20):
+        for net, opt in ((a, oa), (b, ob)):
+            opt.zero_grad()
+            (net(x) - x).square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+    assert make_adam(a.parameters(), "adamw", lr=1e-3).__class__ is torch.optim.AdamW
+
+    class NoFused(torch.optim.Adam):
+        def __init__(self, params, fused=None, **kw):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **kw)
+
+    import ctdip.dip.engine as eng
+
+    orig = eng.torch.optim.Adam
+    eng.torch.optim.Adam = NoFused
+    try:
+        assert not make_adam(a.parameters(), lr=1e-3).defaults.get("fused")
+    finally:
+        eng.torch.optim.Adam = orig

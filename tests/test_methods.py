@@ -380,3 +380,24 @@ def test_console_summary_says_when_the_divergence_guard_chose(capsys):
     print_summary(SimpleNamespace(summary=s, recon_path="r/recon.tif", preview_path="r/preview.png"))
     out = " ".join(capsys.readouterr().out.split())
     assert "data residual grew from 0.0021 (iteration 1050) to 0.74 (> 3x): returned the candidate of iteration 1050" in out
+
+
+def test_a_bfloat16_network_yaml_runs_a_dip_close_to_float32(tmp_path):
+    """``precision: bfloat16`` in a network YAML reaches the method's network: the run is
+    finite, returns float32, fits the data, and its image is not more than 1 dB below the
+    float32 run's (64², 200 iterations of `tv`: 20.42 dB against 19.00 when written; trajectories
+    part by rounding, so either may come out ahead)."""
+    from ctdip.core.metrics import psnr
+
+    p = make_problem(n=64, views=30)
+    y32 = tmp_path / "bf16.yaml"
+    y32.write_text("arch:\n  name: unet\n  channels: [8, 16, 16]\n  skip_channels: [4, 4, 4]\n"
+                   "  precision: bfloat16\n")  # the tiny preset in bfloat16
+    out = {}
+    for name, net in (("fp32", "tiny"), ("bf16", str(y32))):
+        res = get_method("tv")(network=net, iterations=200, lr=0.01, tv_weight=0.02, log_every=10,
+                              checkpoint_every=0).run(p, RunContext(seed=0, quiet=True))
+        assert res.recon.dtype == torch.float32 and torch.isfinite(res.recon).all()
+        assert res.history[-1]["loss"] < res.history[0]["loss"]
+        out[name] = psnr(res.recon.numpy().reshape(p.reference.shape), p.reference.numpy())
+    assert out["bf16"] > out["fp32"] - 1.0 and out["fp32"] > 17, out

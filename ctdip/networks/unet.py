@@ -19,6 +19,14 @@ Inputs whose spatial size is not a multiple of 2^(S-1) are reflect-padded and th
 channels-last memory layout (NHWC / NDHWC) and returns a contiguous output. The maths is the
 same, but oneDNN / cuDNN pick other convolution kernels, so the numbers agree with the default
 layout only to float rounding, not bit for bit (``benchmarks/results/step.md`` has its speed).
+
+``precision: bfloat16`` (opt-in, default ``float32``) runs the forward pass under
+``torch.autocast`` with bfloat16: convolutions take bfloat16 inputs and weights (8-bit mantissa)
+and accumulate in float32; normalisations and the last 1x1 convolution run in float32, the
+weights and Adam's state stay float32, so the output has float32 resolution. Faster where the CPU
+has bfloat16 dot products (AVX512-BF16, AMX) and on GPUs, but the image changes by more than
+rounding: on the tuning objects whole runs returned 0.03-1.35 dB less
+(``benchmarks/results/precision.md``), so it is not a default.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
@@ -62,6 +72,7 @@ class UNet(nn.Module):
         norm_groups: int = 4,
         negative_slope: float = 0.2,
         channels_last: bool = False,
+        precision: str = "float32",
     ):
         super().__init__()
         channels = [int(c) for c in channels]
@@ -71,6 +82,9 @@ class UNet(nn.Module):
         if len(skip_channels) != len(channels):
             raise ValueError(
                 f"skip_channels has {len(skip_channels)} entries, channels has {len(channels)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         ops = _Ops(dim)
         conv = ops.conv
         self.dim, self.scales, self.sigmoid = dim, len(channels), bool(sigmoid)
@@ -108,6 +122,12 @@ class UNet(nn.Module):
         yield from self.down.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "bfloat16":
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                return self._forward(x).float()
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
         m = 2 ** (self.scales - 1)
         pads = [(-n) % m for n in spatial]
@@ -129,7 +149,11 @@ class UNet(nn.Module):
             if self._skip_ch[i] > 0:
                 h = torch.cat([h, self.skip[j](feats[i - 1])], dim=1)
             h = blk(h)
-        out = self.outc(h)
+        if self.precision == "bfloat16":  # the last 1x1 convolution in float32: no bfloat16 output steps
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                out = self.outc(h.float())
+        else:
+            out = self.outc(h)
         if any(pads):
             sl = [slice(None), slice(None)] + [slice(p // 2, p // 2 + n) for p, n in zip(pads, spatial)]
             out = out[tuple(sl)]
