@@ -18,11 +18,12 @@ def test_holdout_pick_is_the_least_residual_logged_iterate(held):
     # The numbers below are one measured trajectory at 2 torch threads. With 1 thread the summation
     # order differs and so does the trajectory: its held-out residual still falls at 800 iterations
     # and the pick lands at 790, 0.04 dB above the final image. Pin the thread count (conftest's
-    # autouse fixture restores it afterwards).
+    # autouse fixture restores it afterwards). 1200 iterations (800 before the engine took the fused
+    # Adam, whose trajectory overfits later: final 19.72 dB at 800, 17.34 at 1200).
     import torch
 
     torch.set_num_threads(2)
-    m = get_method("vanilla")(**{**FAST, "iterations": 800, "lr": 0.02, "log_every": 10, "output": "holdout"})
+    m = get_method("vanilla")(**{**FAST, "iterations": 1200, "lr": 0.02, "log_every": 10, "output": "holdout"})
     res = m.run(held, RunContext(seed=0, quiet=True))
     stop = res.summary["holdout_stop"]
     logged = [(r["holdout"], r["iter"]) for r in res.history]
@@ -30,7 +31,7 @@ def test_holdout_pick_is_the_least_residual_logged_iterate(held):
     assert stop["held_out_views"] == 4 and stop["fitted_views"] == 36
     assert stop["ema_iter"] >= 300 and stop["ema_holdout_residual"] > 0  # the EMA is a candidate from 0.99^t < 0.05
     # the returned image is that iterate, and it is better than the overfitted end (measured: final
-    # 18.47 dB, peak 19.32 dB at 516, holdout pick 19.30 dB at 520)
+    # 17.34 dB, peak 20.42 dB at 574, holdout pick 20.19 dB at 590)
     ref = held.reference
     ret = metrics.psnr(res.recon, ref)
     assert ret == pytest.approx(stop["psnr"], abs=1e-4)

@@ -109,6 +109,7 @@ def test_rise_time_fine_tuning_through_the_engine_equals_a_plain_adam_loop(one_t
 
     from ctdip.core.metrics import psnr
     from ctdip.core.problem import Problem
+    from ctdip.dip.engine import make_adam
     from ctdip.networks import build_network, network_preset
     from ctdip.training.selection import finetune_curve
     from ctdip.training.simulator import EllipseSimulator
@@ -122,8 +123,8 @@ def test_rise_time_fine_tuning_through_the_engine_equals_a_plain_adam_loop(one_t
     start = {k: v.clone() for k, v in net.state_dict().items()}
     curve = finetune_curve(net, arch, Problem(A=p.A, y=y[0], volume=p.volume, x_init=x_in[0]), x_sl[0], 5, 1e-3)
 
-    net.load_state_dict(start)  # the same by hand
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.load_state_dict(start)  # the same by hand, with the engine's Adam (fused where torch has it)
+    opt = make_adam(net.parameters(), lr=1e-3)
     ref = []
     for _ in range(5):
         out = net(x_in)

@@ -198,7 +198,7 @@ def lr_factor(schedule: str, it: int, total: int) -> float:
 
 def make_adam(params, name: str = "adam", **kw) -> torch.optim.Optimizer:
     """``torch.optim.Adam`` (or ``AdamW``) with the fused kernel where torch has it for these
-    tensors: one kernel for all parameters instead of a loop of ~10 small ops per tensor, 4x
+    tensors: one kernel for all parameters instead of a loop of small ops per tensor, 2.9-3.6x
     cheaper on CPU (``benchmarks/results/step.md``); the update is Adam's to float rounding. A torch
     or device without it gets the default implementation."""
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
