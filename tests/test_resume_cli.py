@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from ctdip.cli.main import main
 from ctdip.dip.runs import RunFolder
@@ -119,3 +120,23 @@ def test_resume_settings_restore_the_recorded_ones(scan, tmp_path):
     n = start_settings(scan, None, {"iterations": 2}, setup="walnut-2d-sparse-60", scan_options={"angles": 12})
     assert n.scan_options["angles"] == 12 and n.scan_options["slice"] == "+3" and n.method == "fbp"
     assert n.config_extra == {"setup": "walnut-2d-sparse-60", "backend_requested": "auto"} and not n.resume
+
+
+def test_a_run_with_a_relative_network_yaml_resumes_from_another_directory(scan, tmp_path, monkeypatch):
+    """``--network nets/mine.yaml`` given relative to the current directory is recorded as an
+    absolute path, so ``--resume`` from elsewhere finds it (it said "network preset file not
+    found" before)."""
+    work, other = tmp_path / "work", tmp_path / "other"
+    (work / "nets").mkdir(parents=True)
+    other.mkdir()
+    (work / "nets" / "mine.yaml").write_text("arch:\n  name: unet\n  channels: [8, 16, 16]\n  skip_channels: [4, 4, 4]\n")
+    run = tmp_path / "rel"
+    monkeypatch.chdir(work)
+    assert main(["reconstruct", str(scan), "-m", "tv", "--network", "nets/mine.yaml", "-n", "6", "-o", str(run), "-q"]) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["params"]["network"] == str(work / "nets" / "mine.yaml")
+    (run / "summary.json").unlink()  # unfinished, as after a kill
+    monkeypatch.chdir(other)
+    assert main(["reconstruct", "--resume", str(run), "-q"]) == 0
+    assert RunFolder(run).read_summary()["iterations"] == 6
+    assert main(["reconstruct", "--resume", str(run), "--network", str(work / "nets" / "mine.yaml"), "-q"]) == 0

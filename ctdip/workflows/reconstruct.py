@@ -67,6 +67,24 @@ def canonical_method(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+#: what a parameter naming a file ends with: a network YAML, a weights file (``network``,
+#: ``weights``, ``denoiser``)
+FILE_SUFFIXES = (".yaml", ".yml", ".pt", ".pth")
+
+
+def absolute_file_params(params: dict | None) -> dict | None:
+    """``params`` with every value that names an existing network YAML or weights file made
+    absolute, so that the run's config.yaml finds it again when ``--resume`` or ``ctdip batch``
+    runs from another directory. Other values (preset names like ``light``) are left as given."""
+    if not params:
+        return params
+    out = dict(params)
+    for k, v in out.items():
+        if isinstance(v, (str, Path)) and str(v).lower().endswith(FILE_SUFFIXES) and Path(v).is_file():
+            out[k] = str(Path(v).resolve())
+    return out
+
+
 def resolve_method(method: str, params: dict | None = None):
     """``(name, cls, preset, overrides, method object, resolved params)`` for ``method`` with
     ``params`` over its preset: the method object resolves them (:func:`ctdip.methods.params.resolve`:
@@ -77,6 +95,7 @@ def resolve_method(method: str, params: dict | None = None):
 
     name = canonical_method(method)
     cls = get_method(method)
+    params = absolute_file_params(params)
     m = cls(**(params or {}))
     overrides = {k: v for k, v in canonical(params or {}, cls.param_aliases, name)[0].items() if v is not None}
     return name, cls, load_preset(name), overrides, m, dict(m.params)
