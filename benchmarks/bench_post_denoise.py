@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="recommended")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="/tmp/ctdip_post_denoise", help="folder for the kept run folders")
+    ap.add_argument("--tta", action="store_true",
+                    help="also score the eight-fold flip/rotation average of the denoiser (dihedral_mean)")
     ap.add_argument("--out", default=str(HERE / "results" / "quality_post_denoise.md"))
     args = ap.parse_args(argv)
     import tifffile
@@ -74,6 +76,11 @@ def main(argv=None) -> int:
         rows.append({"factor": f, "sigma": f * eta, "psnr": metrics.psnr(d, ref), "ssim": metrics.ssim(d, ref)})
         print(f"post_denoise {f:4.2f} (sigma {f * eta:.4f}): PSNR {rows[-1]['psnr']:.2f}  SSIM {rows[-1]['ssim']:.4f}",
               flush=True)
+        if args.tta and f > 0:
+            with torch.no_grad():
+                dt = (dihedral_mean(D, x, f * eta) / scale).numpy().reshape(ref.shape)
+            rows[-1].update(psnr_tta=metrics.psnr(dt, ref), ssim_tta=metrics.ssim(dt, ref))
+            print(f"   x8 flips/rotations: PSNR {rows[-1]['psnr_tta']:.2f}  SSIM {rows[-1]['ssim_tta']:.4f}", flush=True)
     entry = {"object": args.object, "views": args.views, "method": args.method, "eta": eta,
              "family": result.get("family"), "run_wall_s": wall, "load": os.getloadavg()[0],
              "command": ".venv/bin/python benchmarks/bench_post_denoise.py " + shlex.join(argv or sys.argv[1:]),
@@ -86,6 +93,22 @@ def main(argv=None) -> int:
     jpath.write_text(json.dumps(entries, indent=1) + "\n")
     write_markdown(entries, out)
     return 0
+
+
+def dihedral_mean(D, x, sigma: float):
+    """The mean of ``g^-1 D(g x, sigma)`` over the eight flips and quarter-turns g of the image
+    plane (test-time augmentation: the denoiser's errors that depend on orientation average out)."""
+    import torch
+
+    outs = []
+    for k in range(4):
+        for flip in (False, True):
+            g = torch.rot90(x, k, dims=(-2, -1))
+            g = torch.flip(g, dims=(-1,)) if flip else g
+            d = D(g, sigma)
+            d = torch.flip(d, dims=(-1,)) if flip else d
+            outs.append(torch.rot90(d, -k, dims=(-2, -1)))
+    return torch.stack(outs).mean(0)
 
 
 def write_markdown(entries: list[dict], path: Path) -> None:
@@ -102,6 +125,17 @@ def write_markdown(entries: list[dict], path: Path) -> None:
         cells = [f"{r['psnr']:.2f} ({r['ssim']:.3f})" for r in e["rows"]]
         label = f"{e['object']}, {e['views']} views" + (" (TV family)" if e.get("family") == "tv" else "")
         lines.append(f"| {label} | {e['method']} | {e['eta']:.4f} | " + " | ".join(cells) + f" | {best['factor']:g} |")
+    tta = [e for e in entries if any("psnr_tta" in r for r in e["rows"])]
+    if tta:
+        lines += ["", "With `--tta`: the same runs' images through `dihedral_mean` (the denoiser's output averaged "
+                  "over the eight flips and quarter-turns of the image), f > 0:", "",
+                  "| object | method | " + " | ".join(f"f = {f:g}" for f in FACTORS[1:]) + " |",
+                  "|" + "---|" * (len(FACTORS) + 1)]
+        for e in tta:
+            cells = [f"{r['psnr_tta']:.2f} ({r['ssim_tta']:.3f}), {r['psnr_tta'] - r['psnr']:+.2f}"
+                     for r in e["rows"] if "psnr_tta" in r]
+            lines.append(f"| {e['object']}, {e['views']} views | {e['method']} | " + " | ".join(cells) + " |")
+        lines += ["", "Each cell: PSNR (SSIM), and its gain over the single pass of the table above."]
     lines += ["", "PSNR in dB (SSIM). Commands: " + "; ".join(f"`{e['command']}`" for e in entries), ""]
     path.write_text("\n".join(lines) + "\n")
 
