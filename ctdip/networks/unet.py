@@ -25,7 +25,7 @@ layout only to float rounding, not bit for bit (``benchmarks/results/step.md`` h
 and accumulate in float32; normalisations and the last 1x1 convolution run in float32, the
 weights and Adam's state stay float32, so the output has float32 resolution. Faster where the CPU
 has bfloat16 dot products (AVX512-BF16, AMX) and on GPUs, but the image changes by more than
-rounding: on the tuning objects whole runs returned 0.03-1.35 dB less
+rounding: on the tuning objects ``recommended`` returned 0.15-1.17 dB less in five runs
 (``benchmarks/results/precision.md``), so it is not a default.
 """
 
