@@ -390,11 +390,11 @@ def test_a_bfloat16_network_yaml_runs_a_dip_close_to_float32(tmp_path):
     from ctdip.core.metrics import psnr
 
     p = make_problem(n=64, views=30)
-    y32 = tmp_path / "bf16.yaml"
-    y32.write_text("arch:\n  name: unet\n  channels: [8, 16, 16]\n  skip_channels: [4, 4, 4]\n"
+    bf16_yaml = tmp_path / "bf16.yaml"
+    bf16_yaml.write_text("arch:\n  name: unet\n  channels: [8, 16, 16]\n  skip_channels: [4, 4, 4]\n"
                    "  precision: bfloat16\n")  # the tiny preset in bfloat16
     out = {}
-    for name, net in (("fp32", "tiny"), ("bf16", str(y32))):
+    for name, net in (("fp32", "tiny"), ("bf16", str(bf16_yaml))):
         res = get_method("tv")(network=net, iterations=200, lr=0.01, tv_weight=0.02, log_every=10,
                               checkpoint_every=0).run(p, RunContext(seed=0, quiet=True))
         assert res.recon.dtype == torch.float32 and torch.isfinite(res.recon).all()

@@ -202,7 +202,7 @@ def make_adam(params, name: str = "adam", **kw) -> torch.optim.Optimizer:
     cheaper on CPU (``benchmarks/results/step.md``); the update is Adam's to float rounding. A torch
     or device without it gets the default implementation."""
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    params = list(params)
+    params = list(params)  # a generator would be used up by a failed first attempt
     try:
         return cls(params, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
