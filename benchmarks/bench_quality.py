@@ -5,7 +5,7 @@ Poisson noise with 1e4 photons, 30 and 20 views, plus one 5 % Gaussian row; the 
 with 5 % Gaussian noise, 30 and 20 views). The head CT is read from ``../shared/data/`` beside the
 repository (or ``$CTDIP_BENCH_DATA``); it is not part of ctdip. ``--tuning`` runs the same protocol
 on the tuning slices z = 30, 50, 70 and the tuning walnut (seed 1) instead: the only objects a
-default may be chosen on; those results go to ``quality_tuning.*``.
+default may be chosen on; those results go to ``quality_tuning_runs.*`` (``quality_tuning.md`` holds hand-run tuning scripts).
 
 Rows (every one through the real driver ``ctdip.workflows.reconstruct.reconstruct``, scored on the
 ``recon.tif`` it writes; the reference is used only to score):
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="*", default=BASELINES + DIP_METHODS)
     ap.add_argument("--noise", nargs="*", default=["poisson"], choices=["poisson", "gaussian"],
                     help="CT noise: Poisson 1e4 photons and/or 5 %% Gaussian (walnut: always 5 %% Gaussian)")
-    ap.add_argument("--tuning", action="store_true", help="tuning slices and tuning walnut (quality_tuning.*)")
+    ap.add_argument("--tuning", action="store_true", help="tuning slices and tuning walnut (quality_tuning_runs.*)")
     ap.add_argument("--iterations", type=int, default=None, help="override DIP iterations (recorded in the row)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="method parameters (only with --tuning: a reported row uses the shipped defaults); "
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     objects = args.objects or ([f"ct{z}" for z in (bd.TUNING_SLICES if args.tuning else bd.BENCH_SLICES)] + ["walnut"])
-    out = Path(args.out) if args.out else HERE / "results" / ("quality_tuning.md" if args.tuning else "quality.md")
+    out = Path(args.out) if args.out else HERE / "results" / ("quality_tuning_runs.md" if args.tuning else "quality.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     jpath = out.with_suffix(".json")
     results: dict = json.loads(jpath.read_text()) if jpath.exists() else {}

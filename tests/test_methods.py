@@ -401,3 +401,49 @@ def test_a_bfloat16_network_yaml_runs_a_dip_close_to_float32(tmp_path):
         assert res.history[-1]["loss"] < res.history[0]["loss"]
         out[name] = psnr(res.recon.numpy().reshape(p.reference.shape), p.reference.numpy())
     assert out["bf16"] > out["fp32"] - 1.0 and out["fp32"] > 17, out
+
+
+def test_red_momentum_none_restart_and_nesterov_update_u_as_documented():
+    """red's u-iteration (ctdip.methods.red): ``nesterov`` extrapolates with (t - 1)/t_new,
+    ``lr`` scales that by the learning-rate factor, ``restart`` resets t when the extrapolation
+    opposes the step, ``none`` never extrapolates;
+    numbers worked by hand with an identity denoiser, lam = mu = 1."""
+    def red(momentum, u, v, t, **kw):
+        m = get_method("red")(momentum=momentum, lam=1.0, mu=1.0, u_every=1, **kw)
+        m.denoiser, m.sigma, m.restarts = (lambda x, s: x), 0.1, 0
+        m.start_guard()  # off (guard 0)
+        m.u, m.v, m.t = torch.tensor([u]), torch.tensor([v]), t
+        return m
+
+    # the extrapolated v ran ahead of the fixed point: u_new = (D(v) + x)/2 = 0.5, <v - u_new, u_new - u> > 0
+    m = red("restart", 0.0, 1.0, 3.0)
+    m.after_step(1, torch.tensor([0.0]), None)
+    assert m.restarts == 1 and m.t == pytest.approx((1 + 5 ** 0.5) / 2)
+    assert m.u.item() == m.v.item() == pytest.approx(0.5)  # no extrapolation after a restart
+    m = red("nesterov", 0.0, 1.0, 3.0)
+    m.after_step(1, torch.tensor([0.0]), None)
+    t_new = (1 + 37 ** 0.5) / 2
+    assert m.restarts == 0 and m.t == pytest.approx(t_new)
+    assert m.v.item() == pytest.approx(0.5 + (2 / t_new) * 0.5)
+    m = red("lr", 0.0, 1.0, 3.0, lr_schedule="cosine", iterations=100)
+    m.after_step(51, torch.tensor([0.0]), None)  # cosine factor at the half-way step: 0.05 + 0.475 = 0.525
+    assert m.restarts == 0 and m.t == pytest.approx(t_new)
+    assert m.v.item() == pytest.approx(0.5 + 0.525 * (2 / t_new) * 0.5)
+    # the step and the extrapolation agree: restart keeps the momentum
+    m = red("restart", 0.0, 0.5, 3.0)
+    m.after_step(1, torch.tensor([1.0]), None)
+    assert m.restarts == 0 and m.u.item() == pytest.approx(0.75)
+    assert m.v.item() == pytest.approx(0.75 + (2 / t_new) * 0.75)
+    m = red("none", 0.0, 0.5, 3.0)
+    m.after_step(1, torch.tensor([1.0]), None)
+    assert m.restarts == 1 and m.u.item() == m.v.item() == pytest.approx(0.75)
+
+
+def test_red_momentum_is_in_the_summary_and_a_bad_value_is_one_line(problem):
+    m, res = run("red", problem, iterations=20, sigma=0.05, u_every=5, momentum="none")
+    assert res.summary["momentum"] == "none" and res.summary["momentum_restarts"] == 4
+    assert torch.equal(m.u, m.v)
+    _, res = run("red", problem, iterations=20, sigma=0.05, u_every=5)  # the shipped preset's
+    assert res.summary["momentum"] == "lr" and res.summary["momentum_restarts"] == 0
+    with pytest.raises(UserError, match=r"--set momentum: must be one of nesterov, none, restart, lr, got 'heavy'"):
+        get_method("red")(momentum="heavy")

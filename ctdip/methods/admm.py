@@ -71,18 +71,18 @@ import torch
 from ctdip.core.validate import choice
 from ctdip.dip.engine import lr_factor
 from ctdip.methods._dip import DIPMethod
-from ctdip.methods._splitting import SPLIT_ALIASES, make_denoiser
+from ctdip.methods._splitting import GUARD_PARAMS, SPLIT_ALIASES, GuardedOutput, make_denoiser
 from ctdip.methods.selection import CV_PARAMS, CrossValidated, carry_tv_weight
 
 #: ``dual_schedule``: the dual step is 1 (``constant``) or follows the learning-rate schedule (``lr``)
 DUAL_SCHEDULES = ("constant", "lr")
 
 
-class ADMM(CrossValidated, DIPMethod):
+class ADMM(GuardedOutput, CrossValidated, DIPMethod):
     name = "admm"
     defaults = {"denoiser": "learned", "sigma": 0.1, "rho": 0.5, "u_every": 5, "output": "final",
                 "sigma_factor": 2.0, "rho_growth": 1.0, "rho_max": 50.0, "tv_weight": 0.0, "post_denoise": 0.0,
-                "guard": 0.0, "guard_every": 10, "dual_schedule": "constant", **CV_PARAMS}
+                "dual_schedule": "constant", **GUARD_PARAMS, **CV_PARAMS}
     param_aliases = SPLIT_ALIASES
 
     def check(self, params):
@@ -110,7 +110,7 @@ class ADMM(CrossValidated, DIPMethod):
         with torch.no_grad():
             self.u = self.network(self.z).detach().clone()
         self.w = torch.zeros_like(self.u)
-        self.guard = ResidualGuard(float(self.params["guard"]), int(self.params["guard_every"]))
+        self.start_guard()
 
     def objective(self, it, gen):
         step = super().objective(it, gen)
@@ -132,37 +132,21 @@ class ADMM(CrossValidated, DIPMethod):
                 self.rho = rho
                 self.sigma = self.sigma0 * (float(self.params["rho"]) / rho) ** 0.5
 
-    def watch(self, it, image):
-        """Feed the divergence guard the candidate the run would return (EMA or iterate)."""
-        if not self.guard.on or it % self.guard.every:
-            return
-        if self.params["output"] == "ema":
-            ema = self.engine.ema
-            if not ema.ready(it):
-                return
-            candidate = ema.value
-        else:
-            candidate = image
-        self.guard.offer(it, candidate, self.full_data_fit(candidate))
-
     def returned_image(self, res):
-        """The ``output`` image (the guard's pick if the run diverged), through the denoiser at
-        ``sigma_post`` when ``post_denoise`` is on."""
+        """The ``output`` image (the guard's pick if the run diverged: :class:`GuardedOutput`),
+        through the denoiser at ``sigma_post`` when ``post_denoise`` is on."""
         image = super().returned_image(res)
-        if self.guard.on:
-            image = self.guard.choose(image, self.full_data_fit(image))
         if self.sigma_post > 0:
             with torch.no_grad():
                 image = self.denoiser(image, self.sigma_post)
         return image
 
     def method_state(self):
-        return {"u": self.u, "w": self.w, "rho": self.rho, "sigma": self.sigma, "guard": self.guard.state_dict()}
+        return {"u": self.u, "w": self.w, "rho": self.rho, "sigma": self.sigma, **self.guard_state()}
 
     def load_method_state(self, state):
         self.u, self.w = state["u"].to(self.problem.device), state["w"].to(self.problem.device)
-        if "guard" in state:
-            self.guard.load_state_dict(state["guard"], self.problem.device)
+        self.load_guard_state(state)
         self.rho = float(state.get("rho", self.params["rho"]))
         self.sigma = float(state.get("sigma", self.sigma0))
 
@@ -175,8 +159,7 @@ class ADMM(CrossValidated, DIPMethod):
             out.update(final_rho=self.rho, final_sigma=self.sigma)
         if self.weight:
             out["tv_weight"] = self.weight
-        if self.guard.on:
-            out["divergence_guard"] = self.guard.evidence()
+        out.update(self.guard_summary())
         if self.choice is not None:  # one CV: the evidence of sigma and/or of the TV weight it gave
             evidence = self.choice.as_dict()
             if self.params["sigma"] == "auto":
@@ -184,43 +167,6 @@ class ADMM(CrossValidated, DIPMethod):
             if "dip_tv_weight" in evidence:
                 out["tv_weight_choice"] = evidence
         return out
-
-
-class ResidualGuard:
-    """The divergence guard of :class:`ADMM` (module docstring): the candidate of least data
-    residual, returned instead of the final one when that has grown more than ``factor`` times."""
-
-    def __init__(self, factor: float, every: int):
-        self.factor, self.every = float(factor), max(1, int(every))
-        self.best, self.best_iter, self.image = float("inf"), None, None
-        self.final: float | None = None
-        self.used = False
-
-    @property
-    def on(self) -> bool:
-        return self.factor > 0
-
-    def offer(self, it: int, candidate: torch.Tensor, residual: float) -> None:
-        if residual < self.best:
-            self.best, self.best_iter, self.image = residual, it, candidate.detach().clone()
-
-    def choose(self, final: torch.Tensor, residual: float) -> torch.Tensor:
-        self.final = residual
-        self.used = self.image is not None and residual > self.factor * self.best
-        return self.image if self.used else final
-
-    def evidence(self) -> dict:
-        return {"rule": f"return the candidate of least data residual ||A x - y||^2/||y||^2 (checked every "
-                        f"{self.every} iterations) if the final one's is > {self.factor:g} x that",
-                "factor": self.factor, "min_residual": None if self.image is None else self.best,
-                "min_iter": self.best_iter, "final_residual": self.final, "used": self.used}
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_iter": self.best_iter, "image": self.image}
-
-    def load_state_dict(self, state: dict, device) -> None:
-        self.best, self.best_iter = float(state["best"]), state["best_iter"]
-        self.image = None if state["image"] is None else state["image"].to(device)
 
 
 class Recommended(ADMM):
@@ -238,7 +184,7 @@ class Recommended(ADMM):
     carried over times ``tv_factor``, the objective of ``recommended-tv``. The choice and its
     evidence are in ``summary.json`` (``sigma_choice.family``).
 
-    In the denoiser family the divergence guard (``guard`` 3, :class:`ResidualGuard`) returns the
+    In the denoiser family the divergence guard (``guard`` 3, :class:`ctdip.methods._splitting.GuardedOutput`) returns the
     EMA of least data residual when the final EMA's residual is more than 3 times that: on the
     tuning CT slice z = 70 with 5 % Gaussian noise (eta 0.037, below the switch) the iterates left
     the data after about 1500 iterations (final/least residual 350; 9.31 dB returned without the
