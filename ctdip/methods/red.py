@@ -28,6 +28,10 @@ decayed, the EMA's data residual within 1.05 x its least value, so ``guard`` doe
 ``restart`` 26.00, ``none`` 27.19, ``lr`` 27.04 (oracle PDHG-TV 27.53). The number of restarts (every
 update with ``none``) is in ``summary.json`` as ``momentum_restarts``. ``guard`` F > 0 (default 0)
 is ``admm``'s divergence guard (:class:`ctdip.methods._splitting.GuardedOutput`).
+**Budget.** The momentum is not the only instability: the preset run for 3000 iterations instead of
+2000 peaked at 27.18 dB near iteration 1050 on that slice and collapsed to 12.60 (the EMA's data
+residual grew 2.5 x, so ``guard: 3`` did not fire). Keep ``iterations`` at the preset's 2000, whose
+cosine decay has shrunk the steps before that point.
 
 ``D`` as in ``admm`` (``learned`` by default, ``tv``, ``bm3d`` or a CNN weight file) with fixed
 strength ``sigma``: a number, or ``auto`` (the shipped preset's), ``sigma = sigma_factor * eta`` with ``eta``
