@@ -35,7 +35,7 @@ import torch
 
 from ctdip.core.validate import choice
 from ctdip.dip.context import RunContext, seed_everything
-from ctdip.dip.engine import LR_SCHEDULES, DIPModel, Engine, EngineConfig, StepOut
+from ctdip.dip.engine import LR_SCHEDULES, DIPModel, Engine, EngineConfig, StepOut, lr_factor
 from ctdip.errors import UserError
 from ctdip.methods.base import Method, MethodResult
 from ctdip.priors.tv import tv_norm
@@ -177,6 +177,12 @@ class DIPMethod(Method, DIPModel):
             self._views = draw_views(self._n_views, self._view_batch, gen)
 
     @torch.no_grad()
+    def lr_scale(self, it: int) -> float:
+        """The network's learning-rate factor at iteration ``it`` (:func:`ctdip.dip.engine.lr_factor`
+        of ``lr_schedule``), for method steps that follow it (``admm``'s ``dual_schedule: lr``,
+        ``red``'s ``momentum: lr``)."""
+        return lr_factor(str(self.params["lr_schedule"]), it, int(self.params["iterations"]))
+
     def full_data_fit(self, image: torch.Tensor) -> float:
         """``||A x - y||^2 / ||y||^2`` on every view, also when the steps fit view subsets."""
         r = self.problem.forward(image) - self.problem.y

@@ -69,7 +69,6 @@ from __future__ import annotations
 import torch
 
 from ctdip.core.validate import choice
-from ctdip.dip.engine import lr_factor
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import GUARD_PARAMS, SPLIT_ALIASES, GuardedOutput, make_denoiser
 from ctdip.methods.selection import CV_PARAMS, CrossValidated, carry_tv_weight
@@ -93,7 +92,7 @@ class ADMM(GuardedOutput, CrossValidated, DIPMethod):
         """The dual step s_t of ``w <- w + s_t (x - u)``: 1, or the learning-rate factor
         with ``dual_schedule: lr`` (module docstring)."""
         if self.params["dual_schedule"] == "lr":
-            return lr_factor(str(self.params["lr_schedule"]), it, int(self.params["iterations"]))
+            return self.lr_scale(it)
         return 1.0
 
     def setup(self, problem, gen):

@@ -14,7 +14,7 @@ x = f_theta(z) ~ u, penalised by mu/2 mean (x - u)^2. RED's gradient is ``lambda
 
 ``momentum`` (``--set momentum=...``): ``nesterov`` (the APG above, Alg. 5, the class default);
 ``lr``, the shipped preset's: the extrapolation factor times the learning-rate factor s_t of the
-network's schedule (:func:`ctdip.dip.engine.lr_factor`), ``v = u_new + s_t (t - 1)/t_new (u_new - u)``,
+network's schedule (:meth:`DIPMethod.lr_scale`), ``v = u_new + s_t (t - 1)/t_new (u_new - u)``,
 so the momentum fades with the network's steps, as ``admm``'s dual step does with
 ``dual_schedule: lr``; ``none`` (``t`` stays 1, ``v = u``: the plain fixed-point iteration); or
 ``restart`` (adaptive restart, O'Donoghue & Candes 2015: ``t <- 1`` whenever the extrapolation
@@ -28,6 +28,7 @@ decayed, the EMA's data residual within 1.05 x its least value, so ``guard`` doe
 ``restart`` 26.00, ``none`` 27.19, ``lr`` 27.04 (oracle PDHG-TV 27.53). The number of restarts (every
 update with ``none``) is in ``summary.json`` as ``momentum_restarts``. ``guard`` F > 0 (default 0)
 is ``admm``'s divergence guard (:class:`ctdip.methods._splitting.GuardedOutput`).
+
 **Budget.** The momentum is not the only instability: the preset run for 3000 iterations instead of
 2000 peaked at 27.18 dB near iteration 1050 on that slice and collapsed to 12.60 (the EMA's data
 residual grew 2.5 x, so ``guard: 3`` did not fire). Keep ``iterations`` at the preset's 2000, whose
@@ -46,7 +47,6 @@ import math
 import torch
 
 from ctdip.core.validate import choice
-from ctdip.dip.engine import lr_factor
 from ctdip.methods._dip import DIPMethod
 from ctdip.methods._splitting import GUARD_PARAMS, SPLIT_ALIASES, GuardedOutput, make_denoiser
 from ctdip.methods.selection import CV_PARAMS, CrossValidated
@@ -94,7 +94,7 @@ class RED(GuardedOutput, CrossValidated, DIPMethod):
             t_new = (1 + math.sqrt(1 + 4 * self.t * self.t)) / 2
             beta = (self.t - 1) / t_new
             if mode == "lr":
-                beta *= lr_factor(str(self.params["lr_schedule"]), it, int(self.params["iterations"]))
+                beta *= self.lr_scale(it)
             self.v = u_new + beta * (u_new - self.u)
             self.u, self.t = u_new, t_new
 
