@@ -138,7 +138,7 @@ def run_row(name: str, scan, workdir: Path, iterations: int | None, overrides: d
                             "wall_s": r["wall_s"]} for r in sweep])
         return best
     if name == "pdhg-tv-auto":
-        return dict(one_run(scan, "pdhg-tv", {}, workdir), method="pdhg-tv-auto")
+        return dict(one_run(scan, "pdhg-tv", params, workdir), method="pdhg-tv-auto")
     if iterations is not None:
         params["iterations"] = iterations
     params["checkpoint_every"] = 0
