@@ -9,25 +9,24 @@ convolutions is worth optimising. The ``matrix`` operator runs in scipy (outside
 timed on its own by wall clock, beside the wall time of an unprofiled step::
 
     .venv/bin/python benchmarks/profile_step.py --preset light --size 128 --threads 2 \
-        --out benchmarks/results/step_profile.md
+        --out benchmarks/results/step_profile_light_128.md
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import Case  # noqa: E402
+from bench_step import Case, timed  # noqa: E402
 
 # (group, substrings of the aten op name); the first match wins
 GROUPS = [
-    ("convolution (mkldnn, forward + backward)", ("mkldnn_convolution", "convolution_backward", "mkldnn_conv")),
+    ("convolution (mkldnn, forward + backward)", ("mkldnn_conv", "convolution_backward")),
     ("convolution (slow path, 1x1 skips)", ("_slow_conv2d", "thnn_conv")),
     ("GroupNorm (forward + backward)", ("native_group_norm",)),
     ("LeakyReLU (forward + backward)", ("leaky_relu",)),
@@ -50,20 +49,15 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10, help="profiled steps (after 3 warm-up steps)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/step_profile.md"))
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/step_profile_PRESET_SIZE.md")
     a = ap.parse_args(argv)
+    a.out = a.out or Path(f"benchmarks/results/step_profile_{a.preset}_{a.size}.md")
     torch.set_num_threads(a.threads)
     case = Case(a.preset, a.size, 2, "matrix", torch.device("cpu"), ["default"])
     for _ in range(3):
         case.step("default")
-    def wall_ms(fn, reps: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t0) * 1e3 / reps
-
-    step_ms = wall_ms(lambda: case.step("default"), a.steps)
-    op_ms = wall_ms(case.operator, a.steps)
+    step_ms = timed(lambda: case.step("default"), case.device, a.steps)
+    op_ms = timed(case.operator, case.device, a.steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(a.steps):
             case.step("default")
