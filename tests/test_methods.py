@@ -447,3 +447,37 @@ def test_red_momentum_is_in_the_summary_and_a_bad_value_is_one_line(problem):
     assert res.summary["momentum"] == "lr" and res.summary["momentum_restarts"] == 0
     with pytest.raises(UserError, match=r"--set momentum: must be one of nesterov, none, restart, lr, got 'heavy'"):
         get_method("red")(momentum="heavy")
+
+
+def test_input_noise_perturbs_training_passes_only(problem, monkeypatch):
+    """``input_noise`` s: each training step feeds z + s eta with a fresh eta (Ulyanov et al. 2018's
+    reg_noise_std); passes without gradients (logging, the final image) see z itself."""
+    seen = []
+    m = get_method("tv")(**{**FAST, "iterations": 4, "tv_weight": 0.01, "input_noise": 0.05})
+    net_forward = None
+
+    def spy(mod, args):
+        seen.append((torch.is_grad_enabled(), args[0].detach().clone()))
+
+    orig_build = m.build_network
+
+    def build(problem):
+        nonlocal net_forward
+        net = orig_build(problem)
+        net_forward = net.register_forward_pre_hook(spy)
+        return net
+
+    monkeypatch.setattr(m, "build_network", build)
+    res = m.run(problem, RunContext(seed=0, quiet=True))
+    net_forward.remove()
+    train = [x for g, x in seen if g]
+    clean = [x for g, x in seen if not g]
+    assert len(train) == 4 and clean
+    noise = [x - m.z.detach() for x in train]
+    assert all(0.04 < float(d.std()) < 0.06 for d in noise), [float(d.std()) for d in noise]
+    assert not torch.equal(noise[0], noise[1])  # drawn afresh every step
+    assert all(torch.equal(x, m.z.detach()) for x in clean)
+    _, plain = run("tv", problem, iterations=4, tv_weight=0.01)
+    assert not torch.equal(res.recon, plain.recon)
+    with pytest.raises(UserError, match="input_noise"):
+        get_method("tv")(**{**FAST, "input_noise": -1})

@@ -129,6 +129,7 @@ METHOD_PARAMS: dict[str, Rule] = {
     "z_lr": Rule(minimum=0, open_min=True, maximum=1, optional=True),
     "grad_clip": Rule(minimum=0, optional=True),
     "input_std": NONNEG,
+    "input_noise": NONNEG,
     "log_every": POSITIVE_INT,
     "checkpoint_every": Rule(integer=True, minimum=0, optional=True),
     "es_window": POSITIVE_INT,

@@ -50,6 +50,8 @@ MODEL_OPTIONS: dict[str, tuple[Any, str | None]] = {
     "input": ("noise", None),
     "input_std": (0.1, "Baguer et al. 2020 (dival DIP reconstructor): z = 0.1 N(0, 1)"),
     "z_lr": (None, None),
+    "input_noise": (0.0, "0 = off; s > 0: every training step feeds z + s N(0, I), drawn afresh (Ulyanov et al. "
+                         "2018, reg_noise_std); logging passes and the final image use z"),
     "view_batch": (0, "0 = every view each step; K = a random subset of K views per step (handbook §5.3, "
                       "ctdip/methods/_view_subsets.py)"),
     "output": ("method", "method = the method's own returned image (final network output for most; see its docstring)"),
@@ -170,11 +172,15 @@ class DIPMethod(Method, DIPModel):
         """Method-specific state, after network and input exist."""
 
     def before_step(self, it: int, gen: torch.Generator) -> None:
-        """With ``view_batch`` K > 0: draw this step's K views from the engine's generator."""
+        """With ``view_batch`` K > 0: draw this step's K views from the engine's generator; with
+        ``input_noise`` s > 0: this step's input perturbation ``s eta``, eta ~ N(0, I)."""
         if self._view_batch:
             from ctdip.methods._view_subsets import draw_views
 
             self._views = draw_views(self._n_views, self._view_batch, gen)
+        s = float(self.params.get("input_noise") or 0.0)
+        if s > 0:
+            self._jitter = s * torch.randn(self.z.shape, generator=gen, device=self.z.device, dtype=self.z.dtype)
 
     @torch.no_grad()
     def lr_scale(self, it: int) -> float:
@@ -201,8 +207,10 @@ class DIPMethod(Method, DIPModel):
     def output(self) -> torch.Tensor:
         """The iterate ``x = f_theta(z)``, or ``x = z + f_theta(z)`` with ``input_skip`` (a method
         parameter of ``tv``: the network learns the correction of its input image; ignored for a
-        noise or learnable input); network-shaped, differentiable."""
-        x = self.network(self.z)
+        noise or learnable input); network-shaped, differentiable. With ``input_noise`` the
+        training passes (gradients on) see ``z + s eta`` (:meth:`before_step`), the others ``z``."""
+        jitter = getattr(self, "_jitter", None)
+        x = self.network(self.z if jitter is None or not torch.is_grad_enabled() else self.z + jitter)
         if self.params.get("input_skip") and self.params["input"] in ("fbp", "adjoint"):
             return x + self.z
         return x
