@@ -29,8 +29,10 @@ def test_3d_problem_gets_3d_defaults_and_given_keys_win(scans):
     p3 = problem(scans / "cone", "3d")
     m = get_method("tv")()
     m.preflight(p3)
-    assert {k: m.params[k] for k in ("iterations", "input", "input_skip", "network", "tv_weight", "lr")} == \
-        {"iterations": 800, "input": "fbp", "input_skip": True, "network": "3d-skip", "tv_weight": 0.005, "lr": 0.001}
+    keys = ("iterations", "input", "input_skip", "network", "tv_weight", "lr", "lr_schedule", "output")
+    assert {k: m.params[k] for k in keys} == {"iterations": 800, "input": "fbp", "input_skip": True, "network": "3d-skip",
+                                              "tv_weight": 0.005, "lr": 0.001, "lr_schedule": "constant",
+                                              "output": "method"}
     assert m.arch["skip_channels"] == [4, 4, 4] and m.arch["dim"] == 3
     assert "benchmarks/results/3d.md" in m.sources["input"]
     given = get_method("tv")(input="noise", network="3d", iterations=7)
@@ -42,8 +44,9 @@ def test_3d_problem_gets_3d_defaults_and_given_keys_win(scans):
 def test_2d_problem_keeps_2d_defaults(scans):
     m = get_method("tv")()
     m.preflight(problem(scans / "fan", "2d"))
-    assert {k: m.params[k] for k in ("iterations", "input", "input_skip", "network", "tv_weight")} == \
-        {"iterations": 2000, "input": "noise", "input_skip": False, "network": "light", "tv_weight": "auto"}
+    keys = ("iterations", "input", "input_skip", "network", "tv_weight", "lr", "lr_schedule", "output")
+    assert {k: m.params[k] for k in keys} == {"iterations": 3000, "input": "noise", "input_skip": False, "network": "light",
+                                              "tv_weight": "auto", "lr": 0.002, "lr_schedule": "cosine", "output": "ema"}
 
 
 def test_input_skip_starts_at_the_fdk_and_improves_it(scans, one_thread):
@@ -79,3 +82,15 @@ def test_note_says_too_few_only_below_the_measured_count():
 
     n = BENCH_3D["iterations_to_fdk3"]
     assert "too few" in note_3d(n - 1) and "too few" not in note_3d(800)
+
+
+def test_tv_hqs_keeps_its_former_schedule_in_3d(scans):
+    """tv-hqs took tv's 2D schedule (cosine, EMA, 3000 iterations); 3D keeps the untuned old one."""
+    keys = ("iterations", "lr", "lr_schedule", "output")
+    m3 = get_method("tv-hqs")()
+    m3.preflight(problem(scans / "cone", "3d"))
+    assert {k: m3.params[k] for k in keys} == {"iterations": 2000, "lr": 0.001, "lr_schedule": "constant",
+                                               "output": "method"}
+    m2 = get_method("tv-hqs")()
+    m2.preflight(problem(scans / "fan", "2d"))
+    assert {k: m2.params[k] for k in keys} == {"iterations": 3000, "lr": 0.002, "lr_schedule": "cosine", "output": "ema"}
