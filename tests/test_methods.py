@@ -454,22 +454,15 @@ def test_input_noise_perturbs_training_passes_only(problem, monkeypatch):
     reg_noise_std); passes without gradients (logging, the final image) see z itself."""
     seen = []
     m = get_method("tv")(**{**FAST, "iterations": 4, "tv_weight": 0.01, "input_noise": 0.05})
-    net_forward = None
-
-    def spy(mod, args):
-        seen.append((torch.is_grad_enabled(), args[0].detach().clone()))
-
     orig_build = m.build_network
 
-    def build(problem):
-        nonlocal net_forward
+    def build(problem):  # the run's network, with a hook that records each forward pass's input
         net = orig_build(problem)
-        net_forward = net.register_forward_pre_hook(spy)
+        net.register_forward_pre_hook(lambda mod, args: seen.append((torch.is_grad_enabled(), args[0].detach().clone())))
         return net
 
     monkeypatch.setattr(m, "build_network", build)
     res = m.run(problem, RunContext(seed=0, quiet=True))
-    net_forward.remove()
     train = [x for g, x in seen if g]
     clean = [x for g, x in seen if not g]
     assert len(train) == 4 and clean
